@@ -1,0 +1,59 @@
+"""The contract: pydantic models of the proxy config and the CRD specs, and nothing else.
+
+Everything that crosses a boundary (YAML config, CRD schema, ConfigMap) is generated from or
+validated by these models; `sluice.operator` and `sluice.proxy` build on them.
+"""
+
+from sluice.api.base import Model, SecretKeyRef
+from sluice.api.config import (
+    Admin,
+    CacheConfig,
+    ConfigError,
+    Listen,
+    LLMConfig,
+    MCPConfig,
+    MCPServerConfig,
+    ProxyConfig,
+    RedisConfig,
+    UpstreamConfig,
+)
+from sluice.api.llm import (
+    BatchedEndpoints,
+    BatchingSettings,
+    CacheSettings,
+    CacheTtls,
+    HealthSettings,
+    LLMSettings,
+    PoolSettings,
+    RedisSettings,
+    RetrySettings,
+    UpstreamSettings,
+)
+from sluice.api.mcp import MCPSettings, ToolResultRule
+
+__all__ = [
+    "Admin",
+    "BatchedEndpoints",
+    "BatchingSettings",
+    "CacheConfig",
+    "CacheSettings",
+    "CacheTtls",
+    "ConfigError",
+    "HealthSettings",
+    "LLMConfig",
+    "LLMSettings",
+    "Listen",
+    "MCPConfig",
+    "MCPServerConfig",
+    "MCPSettings",
+    "Model",
+    "PoolSettings",
+    "ProxyConfig",
+    "RedisConfig",
+    "RedisSettings",
+    "RetrySettings",
+    "SecretKeyRef",
+    "ToolResultRule",
+    "UpstreamConfig",
+    "UpstreamSettings",
+]

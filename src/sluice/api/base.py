@@ -1,0 +1,31 @@
+"""The base model every contract type shares: camelCase on the wire, docstrings as descriptions.
+
+Field docstrings become the `description` of the CRD schema and of the config reference, so a
+field documented here is documented everywhere (STYLE.md: the schema has one source).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    """A strict, immutable contract model: unknown keys are errors; camelCase on the wire."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the policy's namespace."""
+
+    name: str
+    """Name of the Secret."""
+    key: str
+    """Key within the Secret whose value is used."""

@@ -1,0 +1,163 @@
+"""Settings for an OpenAI-compatible upstream: the parts shared by the CRD and the proxy config.
+
+`LLMBatchPolicy.spec` and the proxy config's `llm` section differ only in how secrets are named
+(a Secret reference in the CRD, an environment variable in the config), so everything else is
+defined once here and both sides subclass it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sluice.api.base import Model
+
+
+class RetrySettings(Model):
+    """Retries of failed upstream calls: connect errors, 429 and 502/503/504, never mid-stream."""
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts in all, the first included; 1 disables retries."""
+    backoff_seconds: float = Field(default=0.2, gt=0, le=30)
+    """First backoff; doubled on each further attempt, with full jitter."""
+    max_backoff_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Upper bound of one backoff, and of a `Retry-After` the proxy is willing to honour."""
+    budget_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Total time a request may spend in retries before the last error is returned."""
+
+
+class HealthSettings(Model):
+    """Passive health of upstream endpoints: failing endpoints are rested, not hammered."""
+
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    """Consecutive failures (connect errors, 5xx, timeouts) after which an endpoint is rested."""
+    cooldown_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """How long a rested endpoint receives no traffic before it is tried again."""
+
+
+class UpstreamSettings(Model):
+    """Where the OpenAI-compatible API is and how long to wait for it."""
+
+    url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://")
+    """Base URL of the API, including its version prefix (for example `/v1`)."""
+    endpoints: list[str] = Field(default_factory=list, max_length=32)
+    """Several equivalent base URLs, used round-robin with passive health; replaces `url`."""
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Time allowed for the upstream's whole answer (between streamed chunks, when streaming)."""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    """Time allowed to open a connection to the upstream."""
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    """How failed calls are retried."""
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    """How failing endpoints are rested."""
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The endpoints to use, without trailing slashes."""
+        return [u.rstrip("/") for u in (self.endpoints or [self.url])]
+
+
+class PoolSettings(Model):
+    """Upstream connection pooling: explicit limits, so saturation is visible and bounded."""
+
+    clients: int = Field(default=2, ge=1, le=64)
+    """Upstream client sessions, used round-robin; each has its own connection pool."""
+    max_connections: int = Field(default=100, ge=1, le=10000)
+    """Connections open at once across all client sessions; further requests wait for one."""
+    max_keepalive_connections: int = Field(default=20, ge=0, le=10000)
+    """Idle connections kept open across all client sessions (at most `maxConnections`); more
+    are closed when released."""
+    keepalive_expiry_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """Idle time after which a kept-alive connection is closed."""
+
+
+class BatchedEndpoints(Model):
+    """Which endpoints are batched; an endpoint turned off is plain pass-through."""
+
+    embeddings: bool = True
+    """Coalesce concurrent `/v1/embeddings` requests into one upstream call."""
+    completions: bool = True
+    """Coalesce concurrent non-streaming `/v1/completions` requests into one prompt-array call."""
+    chat: bool = True
+    """Dispatch `/v1/chat/completions` in windows and share identical in-flight requests."""
+
+
+class BatchingSettings(Model):
+    """How requests are gathered into upstream calls."""
+
+    enabled: bool = True
+    """Master switch; when false every endpoint is plain pass-through."""
+    endpoints: BatchedEndpoints = Field(default_factory=BatchedEndpoints)
+    """Per-endpoint switches."""
+    max_batch_size: int = Field(default=32, ge=1, le=2048)
+    """Requests (or embedding inputs) per batch; a full batch is sent at once."""
+    max_wait_milliseconds: int = Field(default=10, ge=0, le=10000)
+    """How long the oldest pending request waits for batch-mates before a partial batch goes."""
+    max_concurrent_batches: int = Field(default=8, ge=1, le=1024)
+    """Batches (upstream calls) in flight at once per endpoint."""
+    max_queue: int = Field(default=10000, ge=1, le=1000000)
+    """Pending requests beyond which callers get 429 with `Retry-After`, never unbounded memory."""
+    max_inputs_per_call: int = Field(default=2048, ge=1, le=2048)
+    """Embedding inputs per upstream call (OpenAI's limit is 2048)."""
+    max_tokens_per_call: int = Field(default=300000, ge=1, le=10000000)
+    """Estimated tokens per coalesced embeddings call (OpenAI's limit is 300,000)."""
+    share_chat: Literal["deterministic", "always", "off"] = "deterministic"
+    """When identical in-flight chat requests share one upstream call: only deterministic ones
+    (temperature 0 or a seed), always, or never."""
+
+
+class CacheTtls(Model):
+    """Time to live of cached entries, per kind of data."""
+
+    chat: int = Field(default=300, ge=0, le=31536000)
+    """Seconds a chat completion stays cached; 0 disables caching of chat."""
+    completions: int = Field(default=300, ge=0, le=31536000)
+    """Seconds a legacy completion stays cached; 0 disables it."""
+    embeddings: int = Field(default=86400, ge=0, le=31536000)
+    """Seconds an embedding vector stays cached; 0 disables it."""
+    tools_list: int = Field(default=300, ge=0, le=31536000)
+    """Seconds an MCP server's tool list stays cached."""
+    tool_results: int = Field(default=60, ge=0, le=31536000)
+    """Default seconds an MCP tool result stays cached, for tools named in `toolResults`."""
+
+
+class RedisSettings(Model):
+    """How the proxy talks to Redis; where Redis is comes from a secret (config or CRD side)."""
+
+    pool_size: int = Field(default=32, ge=1, le=4096)
+    """Connections in the Redis connection pool."""
+    timeout_milliseconds: int = Field(default=50, ge=1, le=60000)
+    """Time allowed for one Redis operation before the cache is bypassed for that request."""
+    key_prefix: str = Field(default="sluice:", max_length=64)
+    """Prefix of every key the proxy writes, so one Redis can serve several policies."""
+
+
+class CacheSettings(Model):
+    """Where and how responses are cached."""
+
+    backend: Literal["memory", "redis", "tiered"] = "memory"
+    """`memory` (in the proxy), `redis` (shared by replicas) or `tiered` (memory before Redis)."""
+    mode: Literal["deterministic", "always", "off"] = "deterministic"
+    """Which requests are cached: deterministic ones (temperature 0 or a seed, n = 1), all, none."""
+    ttl_seconds: CacheTtls = Field(default_factory=CacheTtls)
+    """Time to live per kind of data."""
+    max_entries: int = Field(default=100000, ge=1, le=100000000)
+    """Entries held in memory; the least recently used go first."""
+    max_bytes: int = Field(default=268435456, ge=1024, le=1099511627776)
+    """Bytes held in memory; the least recently used entries go first."""
+    local_ttl_seconds: int = Field(default=5, ge=1, le=3600)
+    """For `tiered`: how long an entry read from Redis is kept in memory."""
+    tenant_header: str | None = Field(default=None, max_length=128)
+    """A request header naming the tenant; when unset the tenant is a hash of the credentials."""
+    share_across_tenants: bool = False
+    """Let every tenant read every other tenant's entries. Only for public, non-personal data."""
+
+
+class LLMSettings(Model):
+    """Everything about one upstream except the parts that name secrets (upstream, cache)."""
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    """Request batching."""
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    """Upstream connection pooling."""

@@ -1,0 +1,81 @@
+"""The `sluice` command: `proxy`, `operator`, `crds`, `version`.
+
+Bad input ends with exit code 2 and one line on stderr naming what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from importlib import metadata
+from typing import Any
+
+from sluice import api
+from sluice.api import config as config_
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except api.ConfigError as e:
+        print(f"sluice: {e}", file=sys.stderr)
+        return 2
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    proxy = commands.add_parser("proxy", help="run the caching, batching proxy")
+    proxy.add_argument("--config", type=pathlib.Path, help="YAML config file (see README)")
+    proxy.add_argument("--upstream", help="OpenAI-compatible base URL; overrides llm.upstream.url")
+    proxy.add_argument("--host", help="address to bind; overrides listen.host")
+    proxy.add_argument("--port", type=int, help="port to serve on; overrides listen.port (8080)")
+    proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    proxy.set_defaults(run=run_proxy)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=run_version)
+    return parser
+
+
+def proxy_config(args: argparse.Namespace) -> api.ProxyConfig:
+    """The config file (or the built-in defaults) with the command-line overrides applied."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if args.config is not None:
+        source = str(args.config)
+        raw = config_.read(args.config)
+    if args.upstream is not None:
+        upstream = raw.setdefault("llm", {}).setdefault("upstream", {})
+        upstream["url"] = args.upstream
+        upstream.pop("endpoints", None)
+    if args.config is None and "mcp" not in raw:
+        raw.setdefault("llm", {})
+    listen = raw.setdefault("listen", {}) if (args.host or args.port) else {}
+    if args.host is not None:
+        listen["host"] = args.host
+    if args.port is not None:
+        listen["port"] = args.port
+    return config_.parse(raw, source=source)
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    config = proxy_config(args)
+    from sluice import proxy  # imported late: `sluice crds` should not pay for uvicorn/aiohttp
+
+    proxy.serve(config, log_level=args.log_level)
+    return 0
+
+
+def run_version(args: argparse.Namespace) -> int:
+    print(metadata.version("sluice-operator"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

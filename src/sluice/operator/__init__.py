@@ -1,0 +1,1 @@
+"""The Kubernetes operator: policies in, proxy Deployments out (kopf handlers and pure builders)."""

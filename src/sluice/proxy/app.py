@@ -1,0 +1,175 @@
+"""The ASGI application: routing, health, metrics, and the request lifecycle (ready, draining).
+
+Routes are a dict from exact path to handler; `/v1/*` that is not an LLM endpoint is passed
+through. Each request is counted and timed once here, whatever handler answered it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from sluice.api import ProxyConfig
+from sluice.proxy import errors, llm, metrics, system, upstream
+from sluice.proxy.asgi import (
+    Receive,
+    Reply,
+    Request,
+    Scope,
+    Send,
+    error_reply,
+    json_reply,
+    read_request,
+    send_reply,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Reply]]
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+class ProxyApp:
+    """The proxy as one ASGI callable; `lifespan` opens and closes its pools."""
+
+    def __init__(self, config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> None:
+        self.config = config
+        self.state = State.STARTING
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self.upstream: upstream.Upstream | None = None
+        self.sampler = system.Sampler(self)
+        self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
+            ("GET", "/healthz"): ("healthz", self.healthz),
+            ("GET", "/readyz"): ("readyz", self.readyz),
+            ("GET", "/metrics"): ("metrics", self.metrics),
+        }
+        self.llm: llm.LLMRoutes | None = None
+        if config.llm is not None:
+            key_env = config.llm.upstream.api_key_env
+            api_key = environ.get(key_env) if key_env else None
+            self.upstream = upstream.Upstream(config.llm.upstream, config.llm.pool, api_key)
+            self.llm = llm.LLMRoutes(config.llm, self.upstream)
+            self.routes |= {
+                ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
+                ("POST", "/v1/completions"): ("completions", self.llm.completions),
+                ("POST", "/v1/embeddings"): ("embeddings", self.llm.embeddings),
+                ("GET", "/v1/models"): ("models", self.llm.passthrough),
+            }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method = scope["method"]
+        route, handler = self.resolve(method, scope["path"])
+        self.in_flight += 1
+        metrics.http_in_flight.inc()
+        status = 500
+        try:
+            reply = await self.answer(route, handler, scope, receive)
+            status = reply.status
+            await send_reply(send, reply)
+        except Exception:
+            log.exception("request to %s failed after its answer began", route)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+            metrics.http_in_flight.dec()
+            label = method if method in METHODS else "OTHER"
+            metrics.http_requests.labels(route, label, str(status)).inc()
+            metrics.http_duration.labels(route).observe(time.perf_counter() - started)
+
+    async def answer(self, route: str, handler: Handler, scope: Scope, receive: Receive) -> Reply:
+        """The handler's reply, or the OpenAI-shaped error that replaces it."""
+        try:
+            if self.state is State.DRAINING and route not in ("healthz", "readyz", "metrics"):
+                raise errors.shutting_down()
+            request = await read_request(scope, receive, self.config.listen.max_body_bytes)
+            return await handler(request)
+        except errors.ProxyError as e:
+            return error_reply(e)
+
+    def resolve(self, method: str, path: str) -> tuple[str, Handler]:
+        found = self.routes.get((method, path))
+        if found is not None:
+            return found
+        if self.llm is not None and (path == llm.API_PREFIX or path.startswith("/v1/")):
+            return "passthrough", self.llm.passthrough
+        return "not_found", self.not_found
+
+    async def not_found(self, request: Request) -> Reply:
+        raise errors.not_found(request.path)
+
+    async def healthz(self, request: Request) -> Reply:
+        return json_reply(200, {"status": "ok"})
+
+    async def readyz(self, request: Request) -> Reply:
+        ready = self.state is State.READY
+        return json_reply(200 if ready else 503, {"status": self.state.value})
+
+    async def metrics(self, request: Request) -> Reply:
+        self.sampler.sample()
+        body = generate_latest(REGISTRY)
+        return Reply(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: stop being ready and refuse new requests; in-flight ones go on."""
+        if self.state is not State.DRAINING:
+            log.info("draining: /readyz now answers 503 and new requests are refused")
+        self.state = State.DRAINING
+
+    async def wait_idle(self, grace_seconds: float) -> None:
+        """Return when no request is in flight, or after `grace_seconds`."""
+        self._idle.clear()
+        if not self.in_flight:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_seconds):
+                await self._idle.wait()
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.upstream is not None:
+            await self.upstream.start()
+        self.sampler.start()
+        self.state = State.READY
+
+    async def shutdown(self) -> None:
+        self.state = State.DRAINING
+        await self.sampler.stop()
+        if self.upstream is not None:
+            await self.upstream.close()
+
+    def __repr__(self) -> str:
+        return f"<ProxyApp {self.state.value} upstream={self.upstream!r}>"

@@ -1,0 +1,144 @@
+"""Every Prometheus metric the proxy exports, with its help text (DESIGN.md §5).
+
+Names use base units and `_total` for counters; label values come from small fixed sets (route
+names, endpoint kinds, status codes, configured upstream hosts), never from callers' input.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# `_created` series double the exposition for no use on a dashboard.
+disable_created_metrics()
+
+# OpenTelemetry's GenAI duration buckets run from 10 ms to 82 s; HTTP adds the sub-10 ms range
+# that cache hits live in.
+LLM_BUCKETS = tuple(0.01 * 2**i for i in range(14))
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, *LLM_BUCKETS)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+# --- HTTP surface -------------------------------------------------------------------------------
+http_requests = Counter(
+    "sluice_http_requests_total",
+    "HTTP requests answered, by route, method and status code.",
+    ["route", "method", "status"],
+)
+http_duration = Histogram(
+    "sluice_http_request_duration_seconds",
+    "Time from request to the end of the response.",
+    ["route"],
+    buckets=HTTP_BUCKETS,
+)
+http_in_flight = Gauge("sluice_http_requests_in_flight", "HTTP requests being answered now.")
+
+# --- LLM upstream -------------------------------------------------------------------------------
+llm_requests = Counter(
+    "sluice_llm_requests_total",
+    "Calls made to the LLM upstream (each attempt counts), by endpoint kind and status code "
+    "(`error` for transport failures, `timeout` for silence).",
+    ["endpoint", "status"],
+)
+llm_duration = Histogram(
+    "sluice_llm_request_duration_seconds",
+    "Time from sending an upstream call to the end of its response.",
+    ["endpoint"],
+    buckets=LLM_BUCKETS,
+)
+llm_tokens = Counter(
+    "sluice_llm_tokens_total",
+    "Tokens the upstream reported in `usage`, by endpoint kind and type.",
+    ["endpoint", "type"],
+)
+llm_retries = Counter(
+    "sluice_llm_retries_total",
+    "Upstream calls retried, by endpoint kind and reason.",
+    ["endpoint", "reason"],
+)
+upstream_up = Gauge(
+    "sluice_upstream_endpoint_up",
+    "1 while an upstream endpoint takes traffic, 0 while it rests.",
+    ["upstream"],
+)
+
+# --- Batching -----------------------------------------------------------------------------------
+batch_size = Histogram(
+    "sluice_batch_size",
+    "Items (requests or embedding inputs) per upstream call of a batch.",
+    ["endpoint"],
+    buckets=BATCH_BUCKETS,
+)
+batch_wait = Histogram(
+    "sluice_batch_wait_seconds",
+    "Time an item waited in the queue before its batch was sent.",
+    ["endpoint"],
+    buckets=WAIT_BUCKETS,
+)
+batch_flushes = Counter(
+    "sluice_batch_flushes_total",
+    "Batches sent, by endpoint kind and reason (size, timeout, shutdown).",
+    ["endpoint", "reason"],
+)
+batch_queue_depth = Gauge(
+    "sluice_batch_queue_depth",
+    "Items waiting for a batch, by endpoint kind.",
+    ["endpoint"],
+)
+batches_in_flight = Gauge(
+    "sluice_batches_in_flight",
+    "Batches being processed now, by endpoint kind.",
+    ["endpoint"],
+)
+upstream_calls_saved = Counter(
+    "sluice_upstream_calls_saved_total",
+    "Upstream calls avoided by coalescing or sharing requests, by endpoint kind.",
+    ["endpoint"],
+)
+batch_rejected = Counter(
+    "sluice_batch_rejected_total",
+    "Requests refused with 429 because the queue was full.",
+    ["endpoint"],
+)
+
+# --- Cache --------------------------------------------------------------------------------------
+cache_requests = Counter(
+    "sluice_cache_requests_total",
+    "Cache look-ups, by kind of data and result.",
+    ["cache", "result"],
+)
+cache_entries = Gauge("sluice_cache_entries", "Entries held in the in-memory cache.", ["backend"])
+cache_bytes = Gauge("sluice_cache_bytes", "Bytes held in the in-memory cache.", ["backend"])
+cache_evictions = Counter(
+    "sluice_cache_evictions_total",
+    "Entries evicted from the in-memory cache, by reason.",
+    ["backend", "reason"],
+)
+cache_backend_errors = Counter(
+    "sluice_cache_backend_errors_total",
+    "Cache backend operations that failed or timed out.",
+    ["backend", "operation"],
+)
+redis_duration = Histogram(
+    "sluice_redis_operation_duration_seconds",
+    "Time of one Redis round trip.",
+    ["operation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+# --- Runtime ------------------------------------------------------------------------------------
+asyncio_tasks = Gauge("sluice_asyncio_tasks", "asyncio tasks alive on the proxy's event loop.")
+event_loop_lag = Gauge(
+    "sluice_event_loop_lag_seconds",
+    "How late the last periodic wake-up of the event loop ran.",
+)
+pool_connections = Gauge(
+    "sluice_pool_connections",
+    "Upstream connections, by pool client and state (in_use, idle).",
+    ["pool", "client", "state"],
+)
+pool_waiting = Gauge(
+    "sluice_pool_waiting_requests",
+    "Requests waiting for a free upstream connection.",
+    ["pool", "client"],
+)

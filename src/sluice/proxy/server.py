@@ -1,0 +1,63 @@
+"""Serving the app with uvicorn (uvloop + httptools), and a graceful SIGTERM.
+
+On SIGTERM the app starts draining: `/readyz` answers 503 and new API requests get a 503 that
+SDK clients retry elsewhere, while the listener stays open so both are observable. When the
+in-flight requests are done (or `shutdownGraceSeconds` has passed) uvicorn's own shutdown runs:
+stop accepting, close connections, and the app's shutdown (flush batches, close pools).
+A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import FrameType
+
+import uvicorn
+
+from sluice.api import ProxyConfig
+from sluice.proxy.app import ProxyApp
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app to drain before its own shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, app: ProxyApp) -> None:
+        super().__init__(config)
+        self.proxy_app = app
+
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self.proxy_app.loop
+        if self.draining or loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        # Called from a signal handler: hand the work to the loop rather than touch it here.
+        loop.call_soon_threadsafe(lambda: loop.create_task(self.drain()))
+
+    async def drain(self) -> None:
+        self.proxy_app.begin_drain()
+        await self.proxy_app.wait_idle(self.proxy_app.config.listen.shutdown_grace_seconds)
+        self.should_exit = True
+
+
+def serve(config: ProxyConfig, log_level: str = "info") -> None:
+    """Run the proxy until SIGTERM or SIGINT."""
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    app = ProxyApp(config)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.listen.host,
+        port=config.listen.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(config.listen.shutdown_grace_seconds),
+    )
+    DrainingServer(uv_config, app).run()
