@@ -114,9 +114,11 @@ class Call:
                 scanner.feed(chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as e:
-            # The caller already has the status line and part of the body: all that is left to
-            # do is end the stream early, which SSE clients report as an incomplete response.
+            # The caller already has the status line and part of the body, so the break can only
+            # be passed on as a break: the server then drops the connection mid-body, and the
+            # caller sees an incomplete response rather than a stream that seems to end well.
             log.warning("upstream stream of %s broke off: %s", self.kind, describe(e))
+            raise
         finally:
             self.response.release()
             self._finished()

@@ -1,0 +1,375 @@
+"""The pass-through proxy end to end: the official openai client -> `sluice proxy` -> simulator.
+
+Batching and caching are switched off here so each test sees plain pass-through; their own
+tests live beside this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import struct
+import time
+import urllib.request
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
+from tests.support.simulator import Simulator, embedding_vector
+
+pytestmark = pytest.mark.integration
+
+PLAIN = {"batching": {"enabled": False}, "cache": {"mode": "off"}}
+
+
+def llm_config(upstream: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    return {"llm": {**PLAIN, "upstream": upstream, **sections}}
+
+
+@pytest.fixture
+def proxy(start_proxy: ProxyFactory, simulator: Simulator) -> ProxyProcess:
+    return start_proxy(llm_config({"url": simulator.url}))
+
+
+def client(proxy: ProxyProcess, key: str = "sk-caller") -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+
+
+def async_client(proxy: ProxyProcess, key: str = "sk-caller") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+
+
+# --- the OpenAI surface -------------------------------------------------------------------------
+
+
+def test_sync_chat_completion_passes_through(proxy: ProxyProcess, simulator: Simulator) -> None:
+    with client(proxy) as c:
+        answer = c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}]
+        )
+    assert "hello there" in (answer.choices[0].message.content or "")
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens > 0
+    assert len(simulator.calls_for("chat")) == 1
+
+
+async def test_async_streaming_chat_arrives_in_chunks_with_usage(
+    proxy: ProxyProcess, simulator: Simulator
+) -> None:
+    simulator.configure(stream_chunk_delay_ms=20)
+    async with async_client(proxy) as c:
+        stream = await c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "one two three four five six"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals, text, usage = [], "", None
+        async for chunk in stream:
+            arrivals.append(time.monotonic())
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            usage = chunk.usage or usage
+    assert "one two three four five six" in text
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    # Chunks spaced by the simulator's delay arrive spaced: nothing buffered the stream whole.
+    assert arrivals[-1] - arrivals[0] >= 0.1
+    completion = await_metric(
+        proxy,
+        "sluice_llm_tokens_total",
+        usage.completion_tokens,
+        endpoint="chat_completions",
+        type="completion",
+    )
+    assert completion == usage.completion_tokens
+
+
+def await_metric(proxy: ProxyProcess, name: str, expected: float, **labels: str) -> float:
+    """A counter's value once it reached `expected` (streams are counted as they close)."""
+    deadline = time.monotonic() + 5
+    value = proxy.metric(name, **labels)
+    while value < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = proxy.metric(name, **labels)
+    return value
+
+
+def test_sync_streaming_legacy_completion(proxy: ProxyProcess) -> None:
+    with client(proxy) as c:
+        stream = c.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True)
+        text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+    assert text
+
+
+async def test_embeddings_in_base64_and_float(proxy: ProxyProcess) -> None:
+    async with async_client(proxy) as c:
+        packed = await c.embeddings.create(
+            model="text-embedding-3-small", input=["alpha", "beta"], dimensions=8
+        )
+        floats = await c.embeddings.create(
+            model="text-embedding-3-small", input="alpha", dimensions=8, encoding_format="float"
+        )
+    expected = embedding_vector("text-embedding-3-small", "alpha", 8)
+    assert packed.data[0].embedding == pytest.approx(expected)
+    assert packed.data[1].embedding == pytest.approx(
+        embedding_vector("text-embedding-3-small", "beta", 8)
+    )
+    assert floats.data[0].embedding == pytest.approx(expected)
+
+
+def test_models_and_other_v1_paths_pass_through_unchanged(
+    proxy: ProxyProcess, simulator: Simulator
+) -> None:
+    with client(proxy) as c:
+        assert "gpt-4o-mini" in {m.id for m in c.models.list()}
+        assert c.models.retrieve("gpt-4o").id == "gpt-4o"
+    body = b'{"purpose": "batch"}'
+    request = urllib.request.Request(
+        proxy.url + "/vector_stores/vs_1/files?limit=3&order=asc",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "application/json", "X-Custom": "kept"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        echoed = orjson.loads(answer.read())
+    assert echoed["method"] == "PUT"
+    assert echoed["path"] == "/v1/vector_stores/vs_1/files"
+    assert echoed["query"] == "limit=3&order=asc"
+    assert echoed["headers"]["x-custom"] == "kept"
+    assert echoed["body"] == body.decode()
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def test_callers_authorization_is_forwarded_when_no_key_is_configured(
+    proxy: ProxyProcess, simulator: Simulator
+) -> None:
+    with client(proxy, key="sk-mine") as c:
+        c.models.list()
+    assert simulator.calls[-1].authorization == "Bearer sk-mine"
+
+
+def test_configured_key_replaces_the_callers(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy(
+        llm_config({"url": simulator.url, "apiKeyEnv": "UPSTREAM_KEY"}),
+        env={"UPSTREAM_KEY": "sk-upstream"},
+    )
+    with client(proxy, key="sk-mine") as c:
+        c.models.list()
+    assert simulator.calls[-1].authorization == "Bearer sk-upstream"
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        pytest.param(
+            "POST", "/v1/chat/completions", b"{not json", 400, "invalid_json", id="not-json"
+        ),
+        pytest.param("POST", "/v1/embeddings", b"[1]", 400, "invalid_json", id="not-an-object"),
+        pytest.param(
+            "POST", "/v1/embeddings", b"x" * 2048, 413, "request_too_large", id="too-large"
+        ),
+        pytest.param("GET", "/v2/models", b"", 404, "not_found", id="unknown-path"),
+    ],
+)
+def test_bad_input_gets_an_openai_shaped_error(
+    start_proxy: ProxyFactory,
+    simulator: Simulator,
+    method: str,
+    path: str,
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    config = llm_config({"url": simulator.url})
+    config["listen"] = {"maxBodyBytes": 1024}
+    proxy = start_proxy(config)
+    request = urllib.request.Request(proxy.base + path, data=body or None, method=method)
+    error = fetch_error(request)
+    assert error.code == status
+    payload = orjson.loads(error.read())
+    error.close()
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["code"] == code
+    assert simulator.stats.total_calls == 0
+
+
+def fetch_error(request: urllib.request.Request) -> urllib.error.HTTPError:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    return caught.value
+
+
+def test_unreachable_upstream_is_a_502(start_proxy: ProxyFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    proxy = start_proxy(
+        llm_config({"url": dead, "retry": {"maxAttempts": 2, "backoffSeconds": 0.01}})
+    )
+    with client(proxy) as c, pytest.raises(openai.APIStatusError) as caught:
+        c.models.list()
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_unreachable"
+    assert proxy.metric("sluice_llm_requests_total", endpoint="other", status="error") == 2
+
+
+def test_silent_upstream_is_a_504(start_proxy: ProxyFactory, simulator: Simulator) -> None:
+    proxy = start_proxy(llm_config({"url": simulator.url, "timeoutSeconds": 0.3}))
+    simulator.hang_next(3)
+    with client(proxy) as c, pytest.raises(openai.APIStatusError) as caught:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+
+
+def test_upstream_errors_pass_through_unchanged(proxy: ProxyProcess, simulator: Simulator) -> None:
+    simulator.fail_next(400, message="bad things", code="custom_code")
+    with client(proxy) as c, pytest.raises(openai.BadRequestError) as caught:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "custom_code"
+    assert "bad things" in caught.value.message
+
+
+# --- retries and endpoint health ----------------------------------------------------------------
+
+
+def test_retryable_statuses_are_retried_and_retry_after_honoured(
+    proxy: ProxyProcess, simulator: Simulator
+) -> None:
+    simulator.fail_next(429, retry_after="0.3")
+    simulator.fail_next(503)
+    started = time.monotonic()
+    with client(proxy) as c:
+        answer = c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "persist"}]
+        )
+    assert answer.choices
+    assert time.monotonic() - started >= 0.3
+    assert [call.status for call in simulator.calls_for("chat")] == [429, 503, 200]
+    assert proxy.metric("sluice_llm_retries_total", endpoint="chat_completions", reason="429") == 1
+
+
+def test_retries_stop_at_max_attempts(start_proxy: ProxyFactory, simulator: Simulator) -> None:
+    proxy = start_proxy(
+        llm_config({"url": simulator.url, "retry": {"maxAttempts": 2, "backoffSeconds": 0.01}})
+    )
+    simulator.fail_next(503, count=5)
+    with client(proxy) as c, pytest.raises(openai.InternalServerError):
+        c.models.list()
+    assert len(simulator.calls) == 2
+
+
+def test_a_stream_is_never_retried_once_it_began(proxy: ProxyProcess, simulator: Simulator) -> None:
+    simulator.cut_stream_next(2)
+    with client(proxy) as c:
+        stream = c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}], stream=True
+        )
+        with pytest.raises(openai.APIError):
+            list(stream)
+    assert len(simulator.calls_for("chat")) == 1
+
+
+def test_a_failing_endpoint_is_rested_and_traffic_goes_to_the_healthy_one(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    upstream = {
+        "endpoints": [dead, simulator.url],
+        "health": {"failureThreshold": 1, "cooldownSeconds": 60},
+        "retry": {"maxAttempts": 2, "backoffSeconds": 0.01},
+    }
+    proxy = start_proxy(llm_config(upstream))
+    with client(proxy) as c:
+        for _ in range(6):
+            c.models.list()
+    assert len(simulator.calls) == 6
+    assert proxy.metric("sluice_llm_requests_total", endpoint="other", status="error") == 1
+    assert proxy.metric("sluice_upstream_endpoint_up", upstream=dead.split("/")[2]) == 0
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+async def test_metrics_count_the_traffic_sent(proxy: ProxyProcess, simulator: Simulator) -> None:
+    async with async_client(proxy) as c:
+        await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"q {i}"}]
+                )
+                for i in range(5)
+            )
+        )
+        await c.embeddings.create(model="text-embedding-3-small", input="one two three")
+    labels = {"route": "chat_completions", "method": "POST", "status": "200"}
+    assert proxy.metric("sluice_http_requests_total", **labels) == 5
+    assert proxy.metric("sluice_http_request_duration_seconds_count", route="chat_completions") == 5
+    assert proxy.metric("sluice_llm_requests_total", endpoint="chat_completions", status="200") == 5
+    prompt = sum(
+        c.body["messages"][0]["content"].count(" ") + 1 for c in simulator.calls_for("chat")
+    )
+    assert prompt > 0
+    assert proxy.metric("sluice_llm_tokens_total", endpoint="embeddings", type="prompt") == 3
+    samples = proxy.metrics()
+    names = {name for name, _ in samples}
+    for expected in (
+        "process_cpu_seconds_total",
+        "python_gc_collections_total",
+        "sluice_asyncio_tasks",
+        "sluice_event_loop_lag_seconds",
+        "sluice_pool_connections",
+        "sluice_pool_waiting_requests",
+    ):
+        assert expected in names
+    idle = samples[
+        ("sluice_pool_connections", (("client", "0"), ("pool", "llm"), ("state", "idle")))
+    ]
+    busy = samples[
+        ("sluice_pool_connections", (("client", "0"), ("pool", "llm"), ("state", "in_use")))
+    ]
+    assert idle >= 1
+    assert busy == 0
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
+    proxy: ProxyProcess, simulator: Simulator
+) -> None:
+    simulator.configure(latency_ms=1500)
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow"}]}
+        in_flight = asyncio.create_task(session.post(proxy.url + "/chat/completions", json=body))
+        await asyncio.sleep(0.5)
+        proxy.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        async with session.get(proxy.base + "/readyz") as ready:
+            assert ready.status == 503
+        async with session.post(proxy.url + "/chat/completions", json=body) as refused:
+            assert refused.status == 503
+            assert (await refused.json())["error"]["code"] == "shutting_down"
+        answer = await in_flight
+        assert answer.status == 200
+        assert (await answer.json())["choices"]
+        answer.release()
+    assert await asyncio.to_thread(proxy.wait, 15) in (0, -signal.SIGTERM)
+
+
+def test_unpacking_base64_matches_float_encoding() -> None:
+    """Guards the helper the embeddings tests rely on: base64 is little-endian float32."""
+    vector = embedding_vector("m", "x", 4)
+    packed = base64.b64encode(struct.pack("<4f", *vector)).decode()
+    assert list(struct.unpack("<4f", base64.b64decode(packed))) == pytest.approx(vector)
