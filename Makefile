@@ -1,0 +1,56 @@
+# The commands people run; each sets up what it needs first (hack/setup.sh is idempotent).
+# `make run` and `make test` are the README's two commands.
+
+PYTHON := .venv/bin/python
+UPSTREAM ?= https://api.openai.com/v1
+PORT ?= 8080
+
+.PHONY: run test lint unit integration crds bench cluster-up cluster-down kind-e2e
+
+## run: start the proxy on its built-in in-memory defaults (UPSTREAM=..., PORT=...)
+run:
+	@hack/setup.sh
+	$(PYTHON) -m sluice proxy --upstream $(UPSTREAM) --host 127.0.0.1 --port $(PORT)
+
+## test: set up everything (venv, redis-server, control plane) and run lint + the whole suite
+test:
+	@hack/setup.sh --tests
+	@$(MAKE) --no-print-directory lint
+	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
+	$(PYTHON) -m mypy
+	.venv/bin/lint-imports
+
+unit:
+	@hack/setup.sh
+	$(PYTHON) -m pytest -m "not integration"
+
+integration:
+	@hack/setup.sh --tests
+	$(PYTHON) -m pytest -m integration
+
+## crds: regenerate crds/ and the chart's copies from the pydantic models
+crds:
+	$(PYTHON) -m sluice crds --write crds
+
+## bench: all benchmarks, Sluice against baselines measured in the same run
+bench:
+	@hack/setup.sh
+	$(PYTHON) -m pip install --quiet -e '.[bench]'
+	$(PYTHON) -m bench.passthrough
+	$(PYTHON) -m bench.upstream_clients
+
+## cluster-up / cluster-down: the tests' control plane, in the background, for people
+cluster-up:
+	@hack/setup.sh --tests
+	@hack/controlplane/up.sh
+
+cluster-down:
+	@hack/controlplane/down.sh
+
+## kind-e2e: the whole path on a kind cluster (needs Docker; not possible on the CI machines)
+kind-e2e:
+	hack/kind-e2e.sh

@@ -1,0 +1,1 @@
+"""Benchmarks: Sluice against a baseline measured in the same run (see README, "Benchmarks")."""

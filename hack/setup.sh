@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up everything the project needs on a fresh Debian machine, idempotently:
+#   hack/setup.sh          the Python environment (.venv) with the package and its dev tools
+#   hack/setup.sh --tests  also redis-server (for the cache tests) and the Kubernetes control
+#                          plane built from Go modules (for the operator tests)
+# Re-running is cheap: each step checks what is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: Python >= 3.11 is needed (found: $("$python" --version 2>&1))" >&2
+  exit 1
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+  echo "setup: installing sluice-operator and its dev tools into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+[[ ${1:-} == --tests ]] || exit 0
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  ((${#missing[@]})) || return 0
+  echo "setup: apt-get install ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+apt_install redis-server ca-certificates
+# Go builds the control plane. The project's machines come with a current Go; Debian's
+# golang-go is a fallback that may be too old, which build.py then says in one line.
+command -v go >/dev/null || apt_install golang-go
+
+echo "setup: building the test control plane (cached after the first run)"
+PYTHON=.venv/bin/python hack/controlplane/build.sh
