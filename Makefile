@@ -41,7 +41,7 @@ bench:
 	@hack/setup.sh
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) -m bench.passthrough
-	$(PYTHON) -m bench.upstream_clients
+	$(PYTHON) -m bench.stack
 
 ## cluster-up / cluster-down: the tests' control plane, in the background, for people
 cluster-up:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,11 +43,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_http(url: str, timeout: float = 20) -> None:
+    """Return once `url` answers at all (an error status counts: the server is up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
+        except urllib.error.HTTPError as e:
+            e.close()
+            return
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
@@ -95,14 +100,27 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def sluice(config: dict[str, Any], env: dict[str, str] | None = None,
-           cpu: str | None = None) -> Iterator[Proxy]:
+def sluice(
+    config: dict[str, Any], env: dict[str, str] | None = None, cpu: str | None = None
+) -> Iterator[Proxy]:
     """`sluice proxy` in its own process; yields its `/v1` base URL and pid."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
-    command = [sys.executable, "-m", "sluice", "proxy", "--config", f.name, "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "sluice",
+        "proxy",
+        "--config",
+        f.name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     if env:
         os.environ.update(env)
     process = spawn(command, f"http://127.0.0.1:{port}/readyz", cpu)
@@ -137,16 +155,22 @@ class Result:
         return self.percentile(99)
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, requests: int,
-               headers: dict[str, str] | None = None) -> Result:
+async def load(
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    requests: int,
+    headers: dict[str, str] | None = None,
+) -> Result:
     """Send `requests` POSTs (cycling through `bodies`) from `concurrency` workers."""
     sent = 0
     latencies: list[float] = []
     errors = 0
     base_headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector,
-                                     headers={**base_headers, **(headers or {})}) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers={**base_headers, **(headers or {})}
+    ) as session:
 
         async def worker() -> None:
             nonlocal sent, errors

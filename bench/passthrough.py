@@ -51,8 +51,15 @@ def measure(sim: str, proxy: common.Proxy, clients: int, count: int) -> list[lis
 
 
 def row(clients: int, path: str, result: common.Result, added: str, cpu: str) -> list[str]:
-    return [str(clients), path, f"{result.rate:.0f}", f"{result.p50 * 1000:.2f}",
-            f"{result.p99 * 1000:.2f}", added, cpu]
+    return [
+        str(clients),
+        path,
+        f"{result.rate:.0f}",
+        f"{result.p50 * 1000:.2f}",
+        f"{result.p99 * 1000:.2f}",
+        added,
+        cpu,
+    ]
 
 
 if __name__ == "__main__":
