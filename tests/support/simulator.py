@@ -62,6 +62,7 @@ __all__ = [
     "SimStats",
     "Simulator",
     "SimulatorThread",
+    "canonical_endpoint",
     "count_tokens",
     "embedding_base64",
     "embedding_vector",
@@ -206,7 +207,8 @@ class SimConfig:
     """Behaviour knobs; immutable, replaced as a whole by ``configure`` (so reads need no lock)."""
 
     latency_ms: float = 0.0
-    """Added to every /v1 call before answering (also before injected error statuses)."""
+    """Time from a /v1 call's arrival to its answer, error answers included (the simulator's own
+    work is done inside this window, not added to it)."""
     per_input_latency_ms: float = 0.0
     """Added per embedding input / completion prompt, to model batch cost."""
     stream_chunk_delay_ms: float = 0.0
@@ -313,7 +315,8 @@ class CallRecord:
     inputs: list[Any]
     """Embedding inputs / completion prompts as sent (normalised to a list); chat: [messages]."""
     authorization: str | None
-    headers: dict[str, str]
+    raw_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
+    """Headers as received; decoded on demand by :attr:`headers` (keeps the hot path cheap)."""
     body: Any
     """Parsed JSON body (None when empty; raw text when not JSON)."""
     stream: bool
@@ -322,8 +325,20 @@ class CallRecord:
     status: int | None = None
     """HTTP status answered; None while in flight or when the connection was dropped."""
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers, names lower-cased, repeated headers joined with ", "."""
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self.raw_headers:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return headers
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["raw_headers"]  # bytes are not JSON; the decoded form says the same
+        out["headers"] = self.headers
+        return out
 
 
 @dataclass(frozen=True)
@@ -617,14 +632,23 @@ class _Ctx:
     """What the pipeline hands an endpoint handler."""
 
     request: web.Request
+    raw: bytes
     body: Any
     config: SimConfig
     call: CallRecord
     request_id: str
-    cut_after: int | None  # set by a "cut" fault
 
 
-_Handler: TypeAlias = Callable[[_Ctx], Awaitable[web.StreamResponse]]
+@dataclass
+class _Sse:
+    """A streamed answer, computed up front and written by the pipeline after the latency."""
+
+    events: list[bytes]
+
+
+_Reply: TypeAlias = web.Response | _Sse
+# Handlers are synchronous and only compute: the pipeline owns every wait and every write.
+_Handler: TypeAlias = Callable[[_Ctx], _Reply]
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,11 +680,9 @@ class Simulator:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        server = site._server  # aiohttp has no public accessor for the bound port
-        assert isinstance(server, asyncio.base_events.Server)
-        bound = server.sockets[0].getsockname()
+        bound_port = runner.addresses[0][1]  # the real port when port=0 asked for any free one
         self._runner = runner
-        self._root = f"http://{host}:{bound[1]}"
+        self._root = f"http://{host}:{bound_port}"
         return self.url
 
     async def stop(self) -> None:
@@ -786,7 +808,8 @@ class Simulator:
     async def _serve(
         self, request: web.Request, endpoint: str, handler: _Handler
     ) -> web.StreamResponse:
-        """The pipeline every /v1 call goes through: record, fault, auth, latency, handle."""
+        """The pipeline every /v1 call goes through: record, fault, compute, wait, answer."""
+        started = time.monotonic()
         config = self._state.config
         seq = next(self._ids)
         request_id = f"req_sim{seq:010d}"
@@ -794,50 +817,40 @@ class Simulator:
         body = _parse_body(raw)
         call = _make_record(seq, endpoint, request, body, raw)
         self._state.record(call)
-        try:
-            response = await self._answer(
-                request, endpoint, handler, body, config, call, request_id
-            )
-        except _ApiError as err:
-            response = _error_response(err, request_id)
-        call.status = None if response.status == 499 else response.status
-        return response
-
-    async def _answer(
-        self,
-        request: web.Request,
-        endpoint: str,
-        handler: _Handler,
-        body: Any,
-        config: SimConfig,
-        call: CallRecord,
-        request_id: str,
-    ) -> web.StreamResponse:
         fault = self._state.take_fault(endpoint)
         if fault is not None:
             call.fault = fault.mode
             if fault.mode in ("close", "reset"):
-                return _drop_connection(request, rst=fault.mode == "reset")
-            if fault.mode == "hang":
-                await asyncio.sleep(fault.hang_seconds)
-        _check_auth(request, config)
-        delay = (config.latency_ms + config.per_input_latency_ms * call.n_inputs) / 1000
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if fault is not None and fault.mode == "status":
-            raise _fault_error(fault)
-        if body is _INVALID_JSON:
-            raise _ApiError(
-                400,
-                "We could not parse the JSON body of your request. (HINT: This likely means you "
-                "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            )
+                return _drop_connection(request, rst=fault.mode == "reset")  # status stays None
+        ctx = _Ctx(request, raw, body, config, call, request_id)
+        try:
+            reply = _compute(ctx, handler, fault)
+        except _ApiError as err:
+            reply = _error_response(err, request_id)
+        # The answer is computed before waiting, and the wait is what remains of the latency,
+        # so the simulator's own CPU time hides inside the configured latency instead of
+        # adding to it (a burst of N requests would otherwise end N handler-times late).
+        wait = (config.latency_ms + config.per_input_latency_ms * call.n_inputs) / 1000
+        if fault is not None and fault.mode == "hang":
+            wait += fault.hang_seconds
+        remaining = started + wait - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
         cut = fault.after_chunks if fault is not None and fault.mode == "cut" else None
-        return await handler(_Ctx(request, body, config, call, request_id, cut))
+        response: web.StreamResponse
+        if isinstance(reply, _Sse):
+            delay = config.stream_chunk_delay_ms / 1000
+            response = await _stream(request, reply.events, request_id, delay, cut)
+        elif cut is not None:
+            response = await _truncated(request, reply)  # a "cut" that hit a non-streamed answer
+        else:
+            response = reply
+        call.status = response.status
+        return response
 
     # ---- endpoints ------------------------------------------------------------------------
 
-    async def _embeddings(self, ctx: _Ctx) -> web.StreamResponse:
+    def _embeddings(self, ctx: _Ctx) -> _Reply:
         body, config = _require_object(ctx.body), ctx.config
         model = _require_model(body, config)
         if "input" not in body:
@@ -874,7 +887,7 @@ class Simulator:
             request_id=ctx.request_id,
         )
 
-    async def _chat(self, ctx: _Ctx) -> web.StreamResponse:
+    def _chat(self, ctx: _Ctx) -> _Reply:
         body, config = _require_object(ctx.body), ctx.config
         model = _require_model(body, config)
         messages = body.get("messages")
@@ -935,9 +948,9 @@ class Simulator:
         events.extend(chunk(j, {}, finish) for j, (_, finish) in enumerate(replies))
         if include_usage:
             events.append(_sse({**chunk_head, "choices": [], "usage": usage}))
-        return await _stream(ctx, events)
+        return _Sse(events)
 
-    async def _completions(self, ctx: _Ctx) -> web.StreamResponse:
+    def _completions(self, ctx: _Ctx) -> _Reply:
         body, config = _require_object(ctx.body), ctx.config
         model = _require_model(body, config)
         if "prompt" not in body:
@@ -1004,19 +1017,19 @@ class Simulator:
         events.extend(chunk(c["index"], "", c["finish_reason"]) for c in choices)
         if include_usage:
             events.append(_sse({**head, "choices": [], "usage": usage}))
-        return await _stream(ctx, events)
+        return _Sse(events)
 
-    async def _list_models(self, ctx: _Ctx) -> web.StreamResponse:
+    def _list_models(self, ctx: _Ctx) -> _Reply:
         data = [_model_object(m) for m in ctx.config.models]
         return _json_response({"object": "list", "data": data}, request_id=ctx.request_id)
 
-    async def _get_model(self, ctx: _Ctx) -> web.StreamResponse:
+    def _get_model(self, ctx: _Ctx) -> _Reply:
         model_id = ctx.request.match_info["model_id"]
         if model_id not in ctx.config.models:
             raise _model_not_found(model_id)
         return _json_response(_model_object(model_id), request_id=ctx.request_id)
 
-    async def _list_files(self, ctx: _Ctx) -> web.StreamResponse:
+    def _list_files(self, ctx: _Ctx) -> _Reply:
         payload: dict[str, Any] = {
             "object": "list",
             "data": [],
@@ -1026,16 +1039,16 @@ class Simulator:
         }
         return _json_response(payload, request_id=ctx.request_id)
 
-    async def _echo(self, ctx: _Ctx) -> web.StreamResponse:
+    def _echo(self, ctx: _Ctx) -> _Reply:
         """Catch-all: show the request exactly as it arrived, for pass-through tests."""
         request = ctx.request
-        raw = await request.read()  # cached by aiohttp: the pipeline already read it
+        raw = ctx.raw
         payload = {
             "method": request.method,
             "path": request.path,
             "query": request.query_string,
             "query_params": {k: request.query.getall(k) for k in request.query},
-            "headers": _lower_headers(request),
+            "headers": ctx.call.headers,
             "raw_headers": [
                 [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers
             ],
@@ -1101,14 +1114,6 @@ def _parse_body(raw: bytes) -> Any:
         return _INVALID_JSON
 
 
-def _lower_headers(request: web.BaseRequest) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in request.headers.items():
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
-
-
 def _make_record(
     seq: int, endpoint: str, request: web.Request, body: Any, raw: bytes
 ) -> CallRecord:
@@ -1137,7 +1142,7 @@ def _make_record(
         n_inputs=len(inputs),
         inputs=inputs,
         authorization=request.headers.get("Authorization"),
-        headers=_lower_headers(request),
+        raw_headers=request.raw_headers,
         body=recorded_body,
         stream=stream,
         at=time.time(),
@@ -1229,21 +1234,36 @@ def _model_object(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": _MODEL_CREATED, "owned_by": "sluice-sim"}
 
 
-async def _stream(ctx: _Ctx, events: list[bytes]) -> web.StreamResponse:
-    """Write SSE ``events`` then ``[DONE]``; a "cut" fault stops after ``cut_after`` events."""
+def _compute(ctx: _Ctx, handler: _Handler, fault: Fault | None) -> _Reply:
+    """Auth, injected status, body checks and the handler: everything but waiting and I/O."""
+    _check_auth(ctx.request, ctx.config)
+    if fault is not None and fault.mode == "status":
+        raise _fault_error(fault)
+    if ctx.body is _INVALID_JSON:
+        raise _ApiError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        )
+    return handler(ctx)
+
+
+async def _stream(
+    request: web.Request, events: list[bytes], request_id: str, delay: float, cut: int | None
+) -> web.StreamResponse:
+    """Write SSE ``events`` then ``[DONE]``, ``delay`` seconds apart; with ``cut``, stop after
+    that many events and close the connection without ``[DONE]``."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
-            "x-request-id": ctx.request_id,
+            "x-request-id": request_id,
         }
     )
-    await response.prepare(ctx.request)
-    cut = ctx.cut_after
     sent = events if cut is None else events[: max(0, cut)]
     tail = [] if cut is not None else [_SSE_DONE]
-    delay = ctx.config.stream_chunk_delay_ms / 1000
     try:
+        await response.prepare(request)
         if delay <= 0:  # one write: cheapest for benches, same bytes on the wire
             await response.write(b"".join(sent + tail))
         else:
@@ -1254,8 +1274,20 @@ async def _stream(ctx: _Ctx, events: list[bytes]) -> web.StreamResponse:
     except ConnectionError:  # the client went away mid-stream: nothing left to do
         return response
     if cut is not None:
-        _drop_connection(ctx.request, rst=False)
+        _drop_connection(request, rst=False)
     return response
+
+
+async def _truncated(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send the headers and half of ``response``'s body, then close: a truncated answer."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    out = web.StreamResponse(status=response.status, headers=response.headers)
+    out.content_length = len(body)  # promise the full length so the client notices the cut
+    with contextlib.suppress(ConnectionError):  # the client may already be gone
+        await out.prepare(request)
+        await out.write(body[: len(body) // 2])
+    _drop_connection(request, rst=False)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1338,7 +1370,10 @@ class SimulatorThread:
         self.stop()
 
     def __getattr__(self, name: str) -> Any:
-        # Convenience: thread.fail_next(...), thread.stats, ... reach the simulator.
+        # Convenience: thread.fail_next(...), thread.stats, ... reach the simulator. Only called
+        # for missing attributes; the guard avoids recursion if __init__ failed before self.sim.
+        if name == "sim":
+            raise AttributeError(name)
         return getattr(self.sim, name)
 
 
