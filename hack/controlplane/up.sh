@@ -3,7 +3,7 @@
 # kubeconfig go to .cache/cluster/, and the last line printed is `export KUBECONFIG=...`, so
 #   eval "$(hack/controlplane/up.sh)"
 # points kubectl at it. Stop it with hack/controlplane/down.sh. The code is the pytest
-# fixture's own (tests/support/controlplane.py); build the binaries first with build.sh.
+# fixture's own (tests/support/controlplane/); build the binaries first with build.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 python=${PYTHON:-python3}

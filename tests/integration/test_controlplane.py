@@ -1,6 +1,6 @@
 """The test control plane itself: its controllers, scheduler, kwok and API server do their jobs.
 
-These guard the fixtures of tests/support/controlplane.py that the operator's integration
+These guard the fixtures of tests/support/controlplane/ that the operator's integration
 tests stand on: when one of these fails, look there before suspecting the operator.
 """
 
