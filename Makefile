@@ -42,6 +42,7 @@ bench:
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) -m bench.passthrough
 	$(PYTHON) -m bench.stack
+	$(PYTHON) -m bench.batching
 
 ## cluster-up / cluster-down: the tests' control plane, in the background, for people
 cluster-up:

@@ -9,6 +9,7 @@ import pytest
 pytest_plugins = [
     "tests.support.simulator",
     "tests.support.proxy",
+    "tests.support.redis",
     "tests.support.controlplane",
 ]
 

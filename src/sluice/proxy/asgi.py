@@ -100,8 +100,11 @@ async def send_reply(send: Send, reply: Reply) -> None:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
         return
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
     try:
+        # Inside the `try`: a stream must be closed even when its first byte is never sent
+        # (it holds an upstream connection, and the response cache waits for its end).
+        start = {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+        await send(start)
         async for chunk in reply.stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:

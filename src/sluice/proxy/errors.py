@@ -91,3 +91,12 @@ def overloaded(retry_after_seconds: int) -> ProxyError:
         code="queue_full",
         headers={"retry-after": str(retry_after_seconds)},
     )
+
+
+def upstream_malformed(detail: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"The upstream API's answer to a batched request could not be divided: {detail}",
+        type="upstream_error",
+        code="upstream_malformed",
+    )

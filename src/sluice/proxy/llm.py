@@ -4,7 +4,7 @@ Every `/v1/*` request lands here. The three LLM endpoints parse their JSON (so b
 400 before any upstream call) and then pass through two layers, outermost first:
 
     handler (chat_completions, completions, embeddings)
-      -> response cache          (caching: answer from the cache, or fetch and store)
+      -> response cache          (responses, vectors: answer from the cache, or fetch and store)
         -> fetch_* (batching: coalesce with concurrent callers, or send alone)
           -> upstream.send       (pool, retries)
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluice.api import LLMConfig
+from sluice.proxy import caching, dispatching, responses, vectors
 from sluice.proxy import upstream as upstream_
 from sluice.proxy.asgi import Reply, Request
 
@@ -41,53 +43,79 @@ class Caller:
     """Hash of the caller's own credentials, or the configured tenant header's value."""
 
 
+Fetch = Callable[[Request, Caller, dict[str, Any]], Awaitable[Reply]]
+"""A `fetch_*` method: the batching layer's way to the upstream."""
+
+
 class LLMRoutes:
     """Handlers for `/v1/*`, bound to one upstream."""
 
-    def __init__(self, config: LLMConfig, upstream: upstream_.Upstream) -> None:
+    def __init__(
+        self,
+        config: LLMConfig,
+        upstream: upstream_.Upstream,
+        cache: caching.Cache | None = None,
+    ) -> None:
         self.config = config
         self.upstream = upstream
+        self.responses = responses.ResponseCache(config.cache, cache)
+        self.vectors = vectors.VectorCache(config.cache, cache)
+        self.batching = dispatching.Dispatcher(config.batching, self.forward)
 
     def caller(self, request: Request) -> Caller:
         headers = self.upstream.outgoing_headers(request.headers)
         credentials = digest(headers.get("authorization", ""))
+        return Caller(headers, credentials, self.tenant(request))
+
+    def tenant(self, request: Request) -> str:
+        """`Caller.tenant` alone: all a cache hit needs, at a fraction of `caller()`'s cost."""
         tenant_header = self.config.cache.tenant_header
         named = request.header(tenant_header.lower().encode()) if tenant_header else None
         if named is not None:
-            tenant = "h:" + digest(named.decode("latin-1"))
-        else:
-            own = request.header(b"authorization") or request.header(b"api-key") or b""
-            tenant = digest(own.decode("latin-1"))
-        return Caller(headers, credentials, tenant)
+            return "h:" + digest(named.decode("latin-1"))
+        own = request.header(b"authorization") or request.header(b"api-key") or b""
+        return digest(own.decode("latin-1"))
 
     # --- the LLM endpoints --------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Reply:
         payload = request.json()
-        return await self.fetch_chat(request, self.caller(request), payload)
+        fetch = self.as_caller(self.fetch_chat)
+        return await self.responses.answer("chat", request, self.tenant(request), payload, fetch)
 
     async def completions(self, request: Request) -> Reply:
         payload = request.json()
-        return await self.fetch_completions(request, self.caller(request), payload)
+        fetch = self.as_caller(self.fetch_completions)
+        tenant = self.tenant(request)
+        return await self.responses.answer("completions", request, tenant, payload, fetch)
 
     async def embeddings(self, request: Request) -> Reply:
         payload = request.json()
-        return await self.fetch_embeddings(request, self.caller(request), payload)
+        fetch = self.as_caller(self.fetch_embeddings)
+        return await self.vectors.answer(request, self.tenant(request), payload, fetch)
+
+    def as_caller(self, fetch: Fetch) -> responses.Fetch:
+        """`fetch` as the cache layer calls it: the caller is worked out on a miss only."""
+
+        async def fetching(request: Request, payload: dict[str, Any]) -> Reply:
+            return await fetch(request, self.caller(request), payload)
+
+        return fetching
 
     # --- fetching from the upstream (the batching layer) --------------------------------------
 
     async def fetch_chat(self, request: Request, caller: Caller, payload: dict[str, Any]) -> Reply:
-        return await self.forward("chat_completions", request, caller, streaming=_streams(payload))
+        return await self.batching.chat(request, caller, payload)
 
     async def fetch_completions(
         self, request: Request, caller: Caller, payload: dict[str, Any]
     ) -> Reply:
-        return await self.forward("completions", request, caller, streaming=_streams(payload))
+        return await self.batching.completions(request, caller, payload)
 
     async def fetch_embeddings(
         self, request: Request, caller: Caller, payload: dict[str, Any]
     ) -> Reply:
-        return await self.forward("embeddings", request, caller, streaming=False)
+        return await self.batching.embeddings(request, caller, payload)
 
     # --- everything else ----------------------------------------------------------------------
 
@@ -120,7 +148,3 @@ class LLMRoutes:
 def digest(value: str) -> str:
     """A short, stable, non-reversible identifier for a secret."""
     return hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
-
-
-def _streams(payload: dict[str, Any]) -> bool:
-    return payload.get("stream") is True

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-# `_created` series double the exposition for no use on a dashboard.
-disable_created_metrics()
+# `_created` series double the exposition for no use on a dashboard. (prometheus_client 0.26
+# ships this function without annotations.)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # OpenTelemetry's GenAI duration buckets run from 10 ms to 82 s; HTTP adds the sub-10 ms range
 # that cache hits live in.
@@ -82,12 +83,12 @@ batch_flushes = Counter(
 )
 batch_queue_depth = Gauge(
     "sluice_batch_queue_depth",
-    "Items waiting for a batch, by endpoint kind.",
+    "Items waiting for a batch, or calls that go alone waiting for a turn, by endpoint kind.",
     ["endpoint"],
 )
 batches_in_flight = Gauge(
     "sluice_batches_in_flight",
-    "Batches being processed now, by endpoint kind.",
+    "Batches being processed now (a call that goes alone counts as one), by endpoint kind.",
     ["endpoint"],
 )
 upstream_calls_saved = Counter(
@@ -104,7 +105,8 @@ batch_rejected = Counter(
 # --- Cache --------------------------------------------------------------------------------------
 cache_requests = Counter(
     "sluice_cache_requests_total",
-    "Cache look-ups, by kind of data and result.",
+    "Cache look-ups, by kind of data (embeddings count one per input) and result: hit, miss, "
+    "stale (served past its TTL), bypass (not read: not cacheable, no-cache, backend down).",
     ["cache", "result"],
 )
 cache_entries = Gauge("sluice_cache_entries", "Entries held in the in-memory cache.", ["backend"])

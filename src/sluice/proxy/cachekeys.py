@@ -1,0 +1,170 @@
+"""Cache keys: the canonical form of a request, the key layout, scopes, and what may be cached.
+
+Peers served wrong answers from keys that left out parameters or the tenant (FACTS.md), so the
+rule here is: everything in the body is in the key, except a short list of fields that cannot
+change the answer. The canonical form is the body as JSON with
+
+* keys sorted at every depth (orjson's `OPT_SORT_KEYS`); list order is kept, it is meaningful;
+* top-level `null` values dropped (the API treats them as absent), and `n: 1` dropped (the
+  default); top-level floats with integral values written as integers (`temperature: 0.0` is 0);
+* the fields in `NOT_IN_KEY` left out:
+  - `stream`, `stream_options`: the shape of the answer, not its content; a streamed and a
+    non-streamed request share one entry (see `replay.py`);
+  - `user`, `safety_identifier`: who the end user is, for the provider's abuse monitoring;
+  - `metadata`, `store`: labels for, and storage of, the completion on the provider's side;
+  - `service_tier`: price and latency class, same model and answer;
+  - `prompt_cache_key`, `prompt_cache_retention`: routing hints for the provider's prompt cache.
+  Anything else (model, messages, temperature, seed, n, tools, response_format, logprobs,
+  max_tokens, provider-specific extras, ...) changes the key.
+
+The tenant (`llm.Caller.tenant`: a hash of the caller's credentials or the tenant header's value)
+goes into the digest and into the key itself, so one tenant never reads another's entries and
+invalidation can select them; `shareAcrossTenants` replaces it with `SHARED`. Key layout, the same
+in memory and in Redis:
+
+    {keyPrefix}{kind}:t{tenant16}:m{model16}:{digest32}
+
+`kind` names the data as `cache.ttlSeconds` does (chat, completions, embeddings, tools_list,
+tool_results); `tenant16`/`model16` are 64-bit hashes in hex, so the segments have no
+glob characters and a Redis `SCAN MATCH` pattern selects a tenant or a model exactly (`Scope`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+SHARED = "*shared*"
+"""The tenant of every request when `shareAcrossTenants` is on."""
+
+NOT_IN_KEY = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+    }
+)
+_EMBEDDING_NOT_IN_KEY = NOT_IN_KEY | {"input"}
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+@functools.lru_cache(maxsize=4096)
+def tenant_id(tenant: str) -> str:
+    """The tenant's key segment (64-bit hash, hex)."""
+    return hashlib.blake2b(tenant.encode(), digest_size=8, person=b"tenant").hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def model_id(model: str) -> str:
+    """The model's key segment (64-bit hash, hex)."""
+    return hashlib.blake2b(model.encode(), digest_size=8, person=b"model").hexdigest()
+
+
+def layout(prefix: str, kind: str, tenant: str, model: str, digest: str) -> str:
+    return f"{prefix}{kind}:t{tenant_id(tenant)}:m{model_id(model)}:{digest}"
+
+
+def canonical(payload: Mapping[str, Any], skip: frozenset[str] = NOT_IN_KEY) -> bytes:
+    """The body's canonical JSON (see the module docstring for the rules)."""
+    kept: dict[str, Any] = {}
+    for name, value in payload.items():
+        if name in skip or value is None:
+            continue
+        if type(value) is float and value.is_integer():
+            value = int(value)
+        kept[name] = value
+    if kept.get("n") == 1:
+        del kept["n"]
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+
+
+def model_of(payload: Mapping[str, Any]) -> str:
+    model = payload.get("model")
+    return model if isinstance(model, str) else ""
+
+
+def response_key(prefix: str, kind: str, tenant: str, payload: Mapping[str, Any]) -> str:
+    """The key of a whole chat or completions answer."""
+    material = f"{kind}\0{tenant}\0".encode() + canonical(payload)
+    digest = hashlib.blake2b(material, digest_size=16).hexdigest()
+    return layout(prefix, kind, tenant, model_of(payload), digest)
+
+
+class EmbeddingKeys:
+    """Keys of single embedding inputs: tenant, model and every option but `input`, plus the input.
+
+    `encoding_format` defaults to `float` (the API's default), so leaving it out and naming it
+    give one key; float and base64 entries are kept apart, each replayed exactly as received.
+    """
+
+    def __init__(self, prefix: str, tenant: str, payload: Mapping[str, Any]) -> None:
+        options = dict(payload)
+        options.setdefault("encoding_format", "float")
+        self._base = hashlib.blake2b(digest_size=16)
+        self._base.update(f"embeddings\0{tenant}\0".encode())
+        self._base.update(canonical(options, _EMBEDDING_NOT_IN_KEY) + b"\0")
+        self._head = layout(prefix, "embeddings", tenant, model_of(payload), "")
+
+    def key(self, item: str | list[int]) -> str:
+        material = self._base.copy()
+        material.update(orjson.dumps(item))
+        return self._head + material.hexdigest()
+
+
+def deterministic(payload: Mapping[str, Any]) -> bool:
+    """One answer (`n` absent or 1) at temperature 0 or with a seed: worth caching by default."""
+    if payload.get("n") not in (None, 1):
+        return False
+    temperature, seed = payload.get("temperature"), payload.get("seed")
+    # `bool` is an `int` in Python, but `false` is no temperature and `true` no seed.
+    if type(temperature) in (int, float) and temperature == 0:
+        return True
+    return type(seed) is int
+
+
+def directives(cache_control: bytes | None) -> tuple[bool, bool]:
+    """(may read, may write) from a request's `Cache-Control`: `no-cache`, `no-store`."""
+    if not cache_control:
+        return True, True
+    tokens = {part.strip().split(b"=", 1)[0] for part in cache_control.lower().split(b",")}
+    return b"no-cache" not in tokens, b"no-store" not in tokens
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    """Which entries an invalidation deletes: all, or those of some tenants and/or one model."""
+
+    tenants: tuple[str, ...] = ()
+    """Tenants as `llm.Caller.tenant` spells them (several spellings of one tenant are fine)."""
+    model: str | None = None
+
+    def matches(self, prefix: str, key: str) -> bool:
+        """Does `key` (in the layout above) fall in this scope?"""
+        if not key.startswith(prefix):
+            return False
+        parts = key[len(prefix) :].split(":")
+        if len(parts) != 4:
+            return False
+        if self.tenants and parts[1][1:] not in {tenant_id(t) for t in self.tenants}:
+            return False
+        return self.model is None or parts[2][1:] == model_id(self.model)
+
+    def patterns(self, prefix: str) -> list[str]:
+        """Redis `SCAN MATCH` patterns that together select exactly this scope."""
+        head = prefix.translate(_GLOB_SPECIAL) + "*"
+        model = f"m{model_id(self.model)}:" if self.model is not None else ""
+        if not self.tenants:
+            return [f"{head}:{model}*" if model else head]
+        middle = model or "m????????????????:"
+        return [f"{head}:t{tenant_id(t)}:{middle}*" for t in self.tenants]

@@ -1,0 +1,298 @@
+"""The response cache of chat and legacy completions: look up, else fetch once, store, and tag.
+
+Sits between the handlers of `llm.LLMRoutes` and their `fetch_*` (batching) layer:
+
+    answer(): policy -> key -> get -> hit: render (JSON or replayed SSE, `Age`)
+                                   -> miss: lead a flight (fetch, store, share) or follow one
+
+* Policy: `cache.mode` (`deterministic` caches only `cachekeys.deterministic` requests), a TTL
+  of 0 for the kind, and the request's `Cache-Control` (`no-cache` skips the read, `no-store`
+  the write) decide whether the cache is read and written.
+* Only a complete 200 answer is stored: a JSON body that parses, or a stream that reached
+  `[DONE]` (`replay.Recorder`); streamed misses reach the caller chunk by chunk as they arrive.
+* Concurrent misses on one key share one upstream call (`flights.Flights`): followers get the
+  leader's answer (a stored entry, or its non-200 reply); when the leader ends without one (a
+  broken stream, a caller gone), a follower leads the next try.
+* Every answer says `x-sluice-cache`: `hit` (from the cache, with `Age`), `miss` (the cache was
+  read and had nothing usable), or `bypass` (not read: not cacheable, `no-cache`, Redis down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from sluice.api import CacheConfig
+from sluice.proxy import asgi, cachekeys, caching, errors, flights, metrics, replay
+from sluice.proxy.asgi import Headers, Reply, Request
+
+HEADER = b"x-sluice-cache"
+JSON_TYPE = (b"content-type", b"application/json")
+SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+Fetch = Callable[[Request, dict[str, Any]], Awaitable[Reply]]
+"""The way upstream on a miss: `llm.LLMRoutes.fetch_*` (batching), given the request to send."""
+
+
+@dataclasses.dataclass(slots=True)  # not frozen: a frozen __init__ is slower, and this is per hit
+class Entry:
+    """A stored answer in its non-streamed JSON form (see `replay.py`)."""
+
+    stored_at: float
+    flags: int
+    body: bytes
+
+    @classmethod
+    def unpack(cls, value: bytes) -> Entry:
+        return cls(*caching.unpack(value))
+
+    def serves(self, streamed: bool, include_usage: bool) -> bool:
+        """Can this entry answer the request? Only if it has the usage the request would get."""
+        needs_usage = include_usage or not streamed
+        return not needs_usage or bool(self.flags & caching.HAS_USAGE)
+
+
+Shared = Entry | Reply
+"""What a flight's leader hands its followers: the entry it stored, or its non-200 reply."""
+
+
+class ResponseCache:
+    """Caching of `/v1/chat/completions` and `/v1/completions` answers, per tenant."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        store: caching.Cache | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.prefix = config.redis.key_prefix
+        self.ttls = {"chat": config.ttl_seconds.chat, "completions": config.ttl_seconds.completions}
+        self.flights: flights.Flights[Shared] = flights.Flights()
+        # Bound once: `.labels()` on every request is a measurable part of a cache hit.
+        self._counters = {
+            (kind, result): metrics.cache_requests.labels(kind, result)
+            for kind in self.ttls
+            for result in ("hit", "miss", "bypass")
+        }
+
+    async def answer(
+        self, kind: str, request: Request, tenant: str, payload: dict[str, Any], fetch: Fetch
+    ) -> Reply:
+        """The answer to one chat or completions request, from the cache or from `fetch`."""
+        read, write = self.policy(kind, request, payload)
+        if not read:
+            self._counters[kind, "bypass"].inc()
+            if not write:
+                return tagged(await fetch(request, payload), b"bypass")
+        if self.config.share_across_tenants:
+            tenant = cachekeys.SHARED
+        key = cachekeys.response_key(self.prefix, kind, tenant, payload)
+        streamed = payload.get("stream") is True
+        include_usage = streamed and _include_usage(payload)
+        if read:
+            try:
+                value = await self.store.get(key)  # type: ignore[union-attr]
+            except caching.UnavailableError:
+                self._counters[kind, "bypass"].inc()
+                return tagged(await fetch(request, payload), b"bypass")
+            if value is not None:
+                entry = Entry.unpack(value)
+                if entry.serves(streamed, include_usage):
+                    self._counters[kind, "hit"].inc()
+                    return self.render(kind, entry, streamed, include_usage, b"hit")
+            self._counters[kind, "miss"].inc()
+        if not (read and write):
+            reply = await fetch(request, payload)
+            header = b"miss" if read else b"bypass"
+            return await self.keep(kind, key, reply, write=write, header=header)
+        return await self.share(kind, key, request, payload, fetch)
+
+    def policy(self, kind: str, request: Request, payload: dict[str, Any]) -> tuple[bool, bool]:
+        """(read the cache, write the cache) for this request."""
+        if self.store is None or not self.ttls[kind] or self.config.mode == "off":
+            return False, False
+        if self.config.mode == "deterministic" and not cachekeys.deterministic(payload):
+            return False, False
+        return cachekeys.directives(request.header(b"cache-control"))
+
+    async def share(
+        self,
+        kind: str,
+        key: str,
+        request: Request,
+        payload: dict[str, Any],
+        fetch: Fetch,
+    ) -> Reply:
+        """Lead the flight for `key`, or follow the one under way."""
+        streamed = payload.get("stream") is True
+        include_usage = streamed and _include_usage(payload)
+        while True:
+            flight = self.flights.join(key)
+            if flight is None:
+                return await self.lead(kind, key, request, payload, fetch)
+            shared = await self.flights.wait(flight)
+            if isinstance(shared, Reply):
+                return Reply(shared.status, [*shared.headers], shared.body)
+            if shared is not None and shared.serves(streamed, include_usage):
+                metrics.upstream_calls_saved.labels(kind).inc()
+                return self.render(kind, shared, streamed, include_usage, b"miss", age=False)
+
+    async def lead(
+        self,
+        kind: str,
+        key: str,
+        request: Request,
+        payload: dict[str, Any],
+        fetch: Fetch,
+    ) -> Reply:
+        try:
+            reply = await fetch(request, payload)
+            return await self.keep(kind, key, reply, write=True, header=b"miss", lead=True)
+        except errors.ProxyError as e:
+            self.flights.land(key, tagged(asgi.error_reply(e), b"miss"))
+            raise
+        except BaseException:
+            self.flights.land(key, None)  # a no-op when `keep` has landed it
+            raise
+
+    async def keep(
+        self, kind: str, key: str, reply: Reply, *, write: bool, header: bytes, lead: bool = False
+    ) -> Reply:
+        """Tag the fetched reply; store (and share) it once it is complete.
+
+        A whole answer is stored before it is returned, so the caller's next identical request
+        finds it; a stream is stored when it ends (`record`).
+        """
+        tagged(reply, header)
+        if reply.stream is not None:
+            if reply.status == 200:
+                reply.stream = Recording(self, kind, key, reply.stream, write=write, lead=lead)
+            elif lead:
+                self.flights.land(key, None)
+            return reply
+        entry = self.entry(reply) if reply.status == 200 else None
+        if entry is not None and write:
+            await self.save(kind, key, entry)
+        if lead:
+            self.flights.land(key, entry if entry is not None or reply.status == 200 else reply)
+        return reply
+
+    def entry(self, reply: Reply) -> Entry | None:
+        """The entry for a complete 200 JSON answer; None for anything else."""
+        try:
+            answer = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            return None
+        flags = caching.HAS_USAGE if answer.get("usage") is not None else 0
+        return Entry(self.clock(), flags, reply.body)
+
+    async def save(self, kind: str, key: str, entry: Entry) -> None:
+        value = caching.pack(entry.stored_at, entry.flags, entry.body)
+        # A failure is counted and logged by the backend; the answer goes out all the same.
+        with contextlib.suppress(caching.UnavailableError):
+            await self.store.set(key, value, self.ttls[kind])  # type: ignore[union-attr]
+
+    def render(
+        self,
+        kind: str,
+        entry: Entry,
+        streamed: bool,
+        include_usage: bool,
+        header: bytes,
+        *,
+        age: bool = True,
+    ) -> Reply:
+        """The entry as this request's answer: its JSON, or SSE for a streamed request."""
+        if streamed:
+            headers: Headers = [SSE_TYPE, (HEADER, header)]
+            body = replay.replay(kind, entry.body, include_usage)
+        else:
+            headers, body = [JSON_TYPE, (HEADER, header)], entry.body
+        if age:
+            seconds = max(0, int(self.clock() - entry.stored_at))
+            headers.append((b"age", str(seconds).encode()))
+        return Reply(200, headers, body)
+
+    def __repr__(self) -> str:
+        return f"<ResponseCache mode={self.config.mode} store={self.store!r} {self.flights!r}>"
+
+
+class Recording:
+    """A streamed miss on its way to the caller: passed on chunk by chunk as it arrives, stored
+    (and shared with the flight's followers) once it reached `[DONE]`.
+
+    A class rather than an async generator: `aclose` must land the flight even when the stream
+    was never iterated, and a generator that never started skips its `finally`.
+    """
+
+    def __init__(
+        self,
+        cache: ResponseCache,
+        kind: str,
+        key: str,
+        stream: AsyncIterator[bytes],
+        *,
+        write: bool,
+        lead: bool,
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.stream = stream
+        self.recorder = replay.Recorder(kind)
+        self.write = write
+        self.lead = lead
+
+    def __aiter__(self) -> Recording:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await anext(self.stream)
+        except StopAsyncIteration:
+            await self.finish()
+            raise
+        self.recorder.feed(chunk)
+        return chunk
+
+    async def finish(self) -> None:
+        body = self.recorder.result()
+        entry = None
+        if body is not None:
+            flags = caching.HAS_USAGE if self.recorder.usage is not None else 0
+            entry = Entry(self.cache.clock(), flags, body)
+            if self.write:
+                await self.cache.save(self.recorder.kind, self.key, entry)
+        self.land(entry)
+
+    async def aclose(self) -> None:
+        self.land(None)  # a no-op once `finish` has landed it
+        await asgi.aclose(self.stream)
+
+    def land(self, entry: Entry | None) -> None:
+        if self.lead:
+            self.cache.flights.land(self.key, entry)
+            self.lead = False
+
+    def __repr__(self) -> str:
+        return f"<Recording {self.key} lead={self.lead} {self.recorder!r}>"
+
+
+def tagged(reply: Reply, header: bytes) -> Reply:
+    reply.headers.append((HEADER, header))
+    return reply
+
+
+def _include_usage(payload: dict[str, Any]) -> bool:
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True

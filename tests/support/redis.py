@@ -1,0 +1,115 @@
+"""A real `redis-server` for integration tests, on a free loopback port, killable and restartable.
+
+Fixture `redis_server` (enable with `pytest_plugins = ["tests.support.redis"]`) yields a
+`RedisServer`: `.url` for the proxy's `REDIS_URL`, `.kill()` (SIGKILL, as a crash would) and
+`.start()` again on the same port, for the fail-open tests. No persistence (`--save ''
+--appendonly no`), so a restarted server is empty, like a replaced pod.
+
+Where `redis-server` is missing the tests that need it are skipped with a message, except in CI
+(`CI` set), where that is a broken install step and fails them (Debian package `redis-server`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.proxy import free_port
+
+START_TIMEOUT_SECONDS = 10.0
+
+
+class RedisServer:
+    """One `redis-server` process; its port stays the same across restarts."""
+
+    def __init__(self, binary: str, workdir: pathlib.Path, port: int) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port
+        self.log_path = workdir / f"redis-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.log_path),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self.ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.log()}")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: connections break at once, as when Redis crashes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def command(self, *args: str) -> bytes:
+        """Send one command (inline protocol) and return the raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+            conn.sendall(" ".join(args).encode() + b"\r\n")
+            return conn.recv(65536)
+
+    def ping(self) -> bool:
+        try:
+            return self.command("PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def dbsize(self) -> int:
+        return int(self.command("DBSIZE").strip().lstrip(b":"))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __repr__(self) -> str:
+        running = self.process is not None and self.process.poll() is None
+        return f"<RedisServer {self.url} {'running' if running else 'stopped'}>"
+
+
+@pytest.fixture
+def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
+    """A fresh, empty `redis-server` for one test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (Debian: apt-get install -y redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(binary, tmp_path, free_port()).start()
+    yield server
+    server.stop()
