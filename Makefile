@@ -36,13 +36,14 @@ integration:
 crds:
 	$(PYTHON) -m sluice crds --write crds
 
-## bench: all benchmarks, Sluice against baselines measured in the same run
+## bench: all benchmarks, Sluice against baselines measured in the same run (needs wrk)
 bench:
 	@hack/setup.sh
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) -m bench.passthrough
 	$(PYTHON) -m bench.stack
 	$(PYTHON) -m bench.batching
+	$(PYTHON) -m bench.cache_hits
 
 ## cluster-up / cluster-down: the tests' control plane, in the background, for people
 cluster-up:
