@@ -34,7 +34,7 @@ integration:
 
 ## crds: regenerate crds/ and the chart's copies from the pydantic models
 crds:
-	$(PYTHON) -m sluice crds --write crds
+	$(PYTHON) -m sluice crds --write crds --write charts/sluice/files/crds
 
 ## bench: all benchmarks, Sluice against baselines measured in the same run (needs wrk)
 bench:

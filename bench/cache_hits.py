@@ -8,8 +8,9 @@ redis-server shares core 1 with wrk. Each row warms the entry (one miss), then r
 fixed time; the proxy's CPU comes from /proc/<pid>/stat, and the hit count from its own
 `sluice_cache_requests_total`, so a row whose requests were not hits says so. The first row is the
 floor: uvicorn answering from a dict (bench.stack's `serve-hits`), what any Python proxy on this
-stack can reach at best. Needs wrk (`apt-get install wrk`) and, for the Redis rows,
-redis-server (`apt-get install redis-server`).
+stack can reach at best; the second is the proxy's own frame without a handler (`GET /healthz`).
+Needs wrk (`apt-get install wrk`) and, for the Redis rows, redis-server (`apt-get install
+redis-server`).
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-def wrk(url: str, body: bytes, seconds: int, connections: int) -> tuple[float, int, int]:
-    """(requests/s, requests, non-2xx) from wrk on core 1, POSTing `body`."""
-    script = (
-        'wrk.method = "POST"\n'
-        f"wrk.body = {lua_string(body)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
-    )
+def wrk(url: str, body: bytes | None, seconds: int, connections: int) -> tuple[float, int, int]:
+    """(requests/s, requests, non-2xx) from wrk on core 1, POSTing `body` (GET when None)."""
+    script = 'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
+    if body is not None:
+        script += (
+            'wrk.method = "POST"\n'
+            f"wrk.body = {lua_string(body)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
         f.write(script)
         f.flush()
@@ -137,6 +139,19 @@ def sluice_row(
     return row(name, rate, cpu / total * 1e6, counted / total, errors)
 
 
+def frame_row(config: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """`GET /healthz`: the proxy's per-request frame (routing, metrics, reply), no handler work."""
+    with common.sluice(config, {}, cpu="0") as proxy:
+        url = proxy.url.removesuffix("/v1") + "/healthz"
+        wrk(url, None, 1, args.connections)
+        before = common.cpu_seconds(proxy.pid)
+        rate, total, errors = wrk(url, None, args.seconds, args.connections)
+        cpu_us = (common.cpu_seconds(proxy.pid) - before) / total * 1e6
+    cells = row("sluice: GET /healthz (the frame alone)", rate, cpu_us, 0.0, errors)
+    cells[3] = "-"  # not a cache hit
+    return cells
+
+
 def row(name: str, rate: float, cpu_us: float, hit_ratio: float, errors: int) -> list[str]:
     return [name, f"{rate:,.0f}", f"{cpu_us:.0f}", f"{hit_ratio:.0%}", str(errors)]
 
@@ -168,6 +183,7 @@ def main() -> None:
     with common.simulator("--call-log-limit", "0") as sim:
         llm = {"upstream": {"url": sim}, "batching": {"enabled": False}}
         memory = {"llm": {**llm, "cache": {"backend": "memory"}}}
+        rows.append(frame_row(memory, args))
         rows.append(sluice_row("sluice memory: chat", memory, {}, "/chat/completions", CHAT, args))
         rows.append(
             sluice_row(

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import sys
 from importlib import metadata
 from typing import Any
 
 from sluice import api
 from sluice.api import config as config_
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--port", type=int, help="port to serve on; overrides listen.port (8080)")
     proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     proxy.set_defaults(run=run_proxy)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator")
+    operator.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        dest="namespaces",
+        metavar="NAME",
+        help="watch only this namespace (repeat for more); default: cluster-wide",
+    )
+    operator.add_argument("--proxy-image", help="image of the proxies (default: this version's)")
+    operator.add_argument("--health-port", type=int, default=8080, help="liveness /healthz port")
+    operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port")
+    operator.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    operator.set_defaults(run=run_operator)
+
+    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
+    crds.add_argument(
+        "--write",
+        type=pathlib.Path,
+        action="append",
+        metavar="DIR",
+        help="write one file per CRD into DIR (repeat for the chart's copy)",
+    )
+    crds.set_defaults(run=run_crds)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=run_version)
@@ -69,6 +99,40 @@ def run_proxy(args: argparse.Namespace) -> int:
     from sluice import proxy  # imported late: `sluice crds` should not pay for uvicorn/aiohttp
 
     proxy.serve(config, log_level=args.log_level)
+    return 0
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    # Imported late, like the proxy: `sluice crds` should not pay for kopf.
+    from sluice.operator import options, runner
+
+    for namespace in args.namespaces:
+        if not DNS_LABEL.fullmatch(namespace):
+            raise api.ConfigError(f"--namespace {namespace!r}: not a namespace name")
+    chosen = options.Options(
+        namespaces=tuple(args.namespaces),
+        proxy_image=args.proxy_image or options.default_image(),
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+    )
+    runner.run(chosen)
+    return 0
+
+
+def run_crds(args: argparse.Namespace) -> int:
+    from sluice.api import crds
+
+    if not args.write:
+        print("---\n".join(crds.rendered().values()), end="")
+        return 0
+    for directory in args.write:
+        try:
+            paths = crds.write(directory)
+        except OSError as e:
+            raise api.ConfigError(f"{directory}: cannot write: {e.strerror}") from None
+        for path in paths:
+            print(path)
     return 0
 
 

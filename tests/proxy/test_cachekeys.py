@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
+import orjson
 import pytest
 
 from sluice.proxy import cachekeys
@@ -187,3 +188,24 @@ def test_scope_patterns_escape_glob_characters_in_the_prefix() -> None:
     pattern = cachekeys.Scope().patterns(prefix)[0]
     assert pattern.startswith("team\\[1\\]\\*:")
     assert not cachekeys.Scope().matches(prefix, "team1x:chat:t0:m0:0")
+
+
+def test_remembered_keys_equal_computed_ones_and_keep_tenants_apart() -> None:
+    keys = cachekeys.ResponseKeys("p:", max_entries=2)
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    body = orjson.dumps(payload)
+    first = keys.key("chat", "tenant-a", body, payload)
+    assert first == cachekeys.response_key("p:", "chat", "tenant-a", payload)
+    assert keys.key("chat", "tenant-a", body, payload) == first
+    assert keys.key("chat", "tenant-b", body, payload) != first
+
+
+def test_remembered_keys_are_bounded() -> None:
+    keys = cachekeys.ResponseKeys("p:", max_entries=2, max_body=64)
+    for n in range(5):
+        payload = {"model": "m", "n": n}
+        keys.key("chat", "t", orjson.dumps(payload), payload)
+    assert len(keys._keys) <= 2
+    big = {"model": "m", "prompt": "x" * 100}
+    keys.key("completions", "t", orjson.dumps(big), big)
+    assert all(len(body) <= 64 for _, _, body in keys._keys)

@@ -1,1 +1,7 @@
-"""The Kubernetes operator: policies in, proxy Deployments out (kopf handlers and pure builders)."""
+"""The Kubernetes operator: policies in, proxy Deployments out.
+
+`handlers` (kopf, thin) call `reconcile`, which renders the config (`proxyconfig`), builds the
+objects (`resources`), applies them through `kube` and computes the status (`status`); all but
+`handlers`, `kube` and `hitratio` are pure. `runner` starts kopf with `options`; `metrics` holds
+the operator's own Prometheus metrics.
+"""

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sluice.api import CacheConfig, ProxyConfig
 from sluice.proxy import admin, caching, errors, llm, metrics, system, upstream
@@ -33,6 +33,7 @@ from sluice.proxy.asgi import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Reply]]
+Accounts = tuple[metrics.CounterChild, metrics.HistogramChild]
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
@@ -53,7 +54,7 @@ class ProxyApp:
         self._idle = asyncio.Event()
         self.upstream: upstream.Upstream | None = None
         self.sampler = system.Sampler(self)
-        self._accounts: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._accounts: dict[tuple[str, str, int], Accounts] = {}
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("GET", "/healthz"): ("healthz", self.healthz),
             ("GET", "/readyz"): ("readyz", self.readyz),
@@ -90,7 +91,6 @@ class ProxyApp:
         method = scope["method"]
         route, handler = self.resolve(method, scope["path"])
         self.in_flight += 1
-        metrics.http_in_flight.inc()
         status = 500
         try:
             reply = await self.answer(route, handler, scope, receive)
@@ -102,12 +102,11 @@ class ProxyApp:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            metrics.http_in_flight.dec()
             counted, timed = self.accounts(route, method if method in METHODS else "OTHER", status)
             counted.inc()
             timed.observe(time.perf_counter() - started)
 
-    def accounts(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    def accounts(self, route: str, method: str, status: int) -> Accounts:
         """The request counter and timer of one route, method and status, bound once: `.labels()`
         locks and hashes on every call, and binding made a cache hit ~18% cheaper in-process."""
         key = (route, method, status)
@@ -180,6 +179,9 @@ class ProxyApp:
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
+        # Read at scrape time: an inc and a dec per request cost ~0.8 µs in prometheus_client.
+        # The gauge is the process's, so it follows the app started last (one per process).
+        metrics.http_in_flight.set_function(lambda: self.in_flight)
         if self.upstream is not None:
             await self.upstream.start()
         if self.llm is not None:

@@ -76,8 +76,20 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> Request:
     for key, value in headers:
         if key == b"content-length" and value.isdigit() and int(value) > limit:
             raise errors.body_too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
+    # uvicorn hands over a body that arrived whole as one message: read that without a loop.
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise errors.body_too_large(limit)
+    if message.get("more_body", False):
+        body = await read_rest(receive, body, limit)
+    return Request(scope["method"], scope["path"], scope["query_string"], headers, body)
+
+
+async def read_rest(receive: Receive, first: bytes, limit: int) -> bytes:
+    """The rest of a body sent in several messages, joined to its `first` chunk."""
+    chunks = [first]
+    size = len(first)
     more = True
     while more:
         message = await receive()
@@ -89,8 +101,7 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> Request:
             raise errors.body_too_large(limit)
         chunks.append(chunk)
         more = message.get("more_body", False)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return Request(scope["method"], scope["path"], scope["query_string"], headers, body)
+    return b"".join(chunks)
 
 
 async def send_reply(send: Send, reply: Reply) -> None:

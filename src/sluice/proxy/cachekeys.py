@@ -101,6 +101,38 @@ def response_key(prefix: str, kind: str, tenant: str, payload: Mapping[str, Any]
     return layout(prefix, kind, tenant, model_of(payload), digest)
 
 
+class ResponseKeys:
+    """`response_key` remembered by request body, for the repeated identical bodies that hit.
+
+    The canonical form and its hash cost ~2 µs of a ~15 µs in-process cache hit; a look-up by
+    (kind, tenant, body) costs ~0.4 µs. The tenant is in the look-up as it is in the key, so one
+    tenant's body never yields another's key. Bounded: bodies up to `max_body` bytes only, and
+    the memo is emptied when it holds `max_entries` (no LRU bookkeeping on the hot path; hot
+    bodies come back after one miss each), so it holds at most ~4.5 MiB with the defaults.
+    """
+
+    def __init__(self, prefix: str, max_entries: int = 1024, max_body: int = 4096) -> None:
+        self.prefix = prefix
+        self.max_entries = max_entries
+        self.max_body = max_body
+        self._keys: dict[tuple[str, str, bytes], str] = {}
+
+    def key(self, kind: str, tenant: str, body: bytes, payload: Mapping[str, Any]) -> str:
+        """The key of `payload`, which is `body` parsed."""
+        if len(body) > self.max_body:
+            return response_key(self.prefix, kind, tenant, payload)
+        memo = (kind, tenant, body)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= self.max_entries:
+                self._keys.clear()
+            key = self._keys[memo] = response_key(self.prefix, kind, tenant, payload)
+        return key
+
+    def __repr__(self) -> str:
+        return f"<ResponseKeys {len(self._keys)}/{self.max_entries}>"
+
+
 class EmbeddingKeys:
     """Keys of single embedding inputs: tenant, model and every option but `input`, plus the input.
 

@@ -61,6 +61,12 @@ class LLMRoutes:
         self.responses = responses.ResponseCache(config.cache, cache)
         self.vectors = vectors.VectorCache(config.cache, cache)
         self.batching = dispatching.Dispatcher(config.batching, self.forward)
+        # Worked out once, not per request: each is a measurable part of a cache hit.
+        tenant_header = config.cache.tenant_header
+        self._tenant_header = tenant_header.lower().encode() if tenant_header else None
+        self._fetch_chat = self.as_caller(self.fetch_chat)
+        self._fetch_completions = self.as_caller(self.fetch_completions)
+        self._fetch_embeddings = self.as_caller(self.fetch_embeddings)
 
     def caller(self, request: Request) -> Caller:
         headers = self.upstream.outgoing_headers(request.headers)
@@ -69,8 +75,7 @@ class LLMRoutes:
 
     def tenant(self, request: Request) -> str:
         """`Caller.tenant` alone: all a cache hit needs, at a fraction of `caller()`'s cost."""
-        tenant_header = self.config.cache.tenant_header
-        named = request.header(tenant_header.lower().encode()) if tenant_header else None
+        named = request.header(self._tenant_header) if self._tenant_header else None
         if named is not None:
             return "h:" + digest(named.decode("latin-1"))
         own = request.header(b"authorization") or request.header(b"api-key") or b""
@@ -80,19 +85,19 @@ class LLMRoutes:
 
     async def chat_completions(self, request: Request) -> Reply:
         payload = request.json()
-        fetch = self.as_caller(self.fetch_chat)
-        return await self.responses.answer("chat", request, self.tenant(request), payload, fetch)
+        tenant = self.tenant(request)
+        return await self.responses.answer("chat", request, tenant, payload, self._fetch_chat)
 
     async def completions(self, request: Request) -> Reply:
         payload = request.json()
-        fetch = self.as_caller(self.fetch_completions)
         tenant = self.tenant(request)
+        fetch = self._fetch_completions
         return await self.responses.answer("completions", request, tenant, payload, fetch)
 
     async def embeddings(self, request: Request) -> Reply:
         payload = request.json()
-        fetch = self.as_caller(self.fetch_embeddings)
-        return await self.vectors.answer(request, self.tenant(request), payload, fetch)
+        tenant = self.tenant(request)
+        return await self.vectors.answer(request, tenant, payload, self._fetch_embeddings)
 
     def as_caller(self, fetch: Fetch) -> responses.Fetch:
         """`fetch` as the cache layer calls it: the caller is worked out on a miss only."""

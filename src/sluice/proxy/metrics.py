@@ -2,11 +2,23 @@
 
 Names use base units and `_total` for counters; label values come from small fixed sets (route
 names, endpoint kinds, status codes, configured upstream hosts), never from callers' input.
+
+The three metrics every request touches (`http_requests`, `http_duration`, `cache_requests`) are
+`LoopCounter`/`LoopHistogram` below rather than prometheus_client's classes: the same exposition
+at a fraction of the cost, see their docstring. `http_in_flight` is read from the app at scrape
+time (`ProxyApp.startup`) rather than counted up and down.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 # `_created` series double the exposition for no use on a dashboard. (prometheus_client 0.26
 # ships this function without annotations.)
@@ -20,13 +32,117 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+
+# --- Counters of the event loop's thread --------------------------------------------------------
+# prometheus_client's `inc()` takes a lock and runs two checks (~450 ns), `observe()` also walks
+# the buckets (~870 ns); with the in-flight gauge's inc and dec that was ~2.6 µs of every cache hit
+# (six updates). These children are a plain attribute update (~60-130 ns). They are safe because
+# every update and every scrape (`/metrics` is served by the same loop) runs on one thread.
+
+
+class CounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # The first bound >= amount: Prometheus buckets are `le` (less than or equal).
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopCounter:
+    """A labelled counter, updated from the event loop only; exported as a `Counter` would be."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], CounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> CounterChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = CounterChild()
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._children.items():
+            family.add_metric(values, child.value)
+        return [family]
+
+
+class LoopHistogram:
+    """A labelled histogram, updated from the event loop only; exported as `Histogram` would be."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = (*sorted(buckets), math.inf)
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        # `le` spelt as prometheus_client spells it (the function ships without annotations).
+        names = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call]
+        for values, child in self._children.items():
+            cumulative, buckets = 0, []
+            for name, count in zip(names, child.counts, strict=True):
+                cumulative += count
+                buckets.append((name, float(cumulative)))
+            family.add_metric(values, buckets, child.sum)
+        return [family]
+
+
 # --- HTTP surface -------------------------------------------------------------------------------
-http_requests = Counter(
+http_requests = LoopCounter(
     "sluice_http_requests_total",
     "HTTP requests answered, by route, method and status code.",
     ["route", "method", "status"],
 )
-http_duration = Histogram(
+http_duration = LoopHistogram(
     "sluice_http_request_duration_seconds",
     "Time from request to the end of the response.",
     ["route"],
@@ -103,7 +219,7 @@ batch_rejected = Counter(
 )
 
 # --- Cache --------------------------------------------------------------------------------------
-cache_requests = Counter(
+cache_requests = LoopCounter(
     "sluice_cache_requests_total",
     "Cache look-ups, by kind of data (embeddings count one per input) and result: hit, miss, "
     "stale (served past its TTL), bypass (not read: not cacheable, no-cache, backend down).",

@@ -15,6 +15,11 @@ Sits between the handlers of `llm.LLMRoutes` and their `fetch_*` (batching) laye
   broken stream, a caller gone), a follower leads the next try.
 * Every answer says `x-sluice-cache`: `hit` (from the cache, with `Age`), `miss` (the cache was
   read and had nothing usable), or `bypass` (not read: not cacheable, `no-cache`, Redis down).
+* Only the body is stored, never the upstream's headers: a hit sends `content-type`,
+  `x-sluice-cache`, `age` and `content-length` (uvicorn adds `date`). The upstream's `date`,
+  `server`, `x-request-id`, rate-limit and processing-time headers described the original call,
+  and would be stale or wrong on a replay; the openai SDK reads `x-request-id` into
+  `_request_id` and leaves it None when absent. A miss carries the upstream's headers as sent.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class ResponseCache:
         self.config = config
         self.store = store
         self.clock = clock
-        self.prefix = config.redis.key_prefix
+        self.keys = cachekeys.ResponseKeys(config.redis.key_prefix)
         self.ttls = {"chat": config.ttl_seconds.chat, "completions": config.ttl_seconds.completions}
         self.flights: flights.Flights[Shared] = flights.Flights()
         # Bound once: `.labels()` on every request is a measurable part of a cache hit.
@@ -95,7 +100,7 @@ class ResponseCache:
                 return tagged(await fetch(request, payload), b"bypass")
         if self.config.share_across_tenants:
             tenant = cachekeys.SHARED
-        key = cachekeys.response_key(self.prefix, kind, tenant, payload)
+        key = self.keys.key(kind, tenant, request.body, payload)
         streamed = payload.get("stream") is True
         include_usage = streamed and _include_usage(payload)
         if read:

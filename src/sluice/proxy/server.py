@@ -57,6 +57,9 @@ def serve(config: ProxyConfig, log_level: str = "info") -> None:
         lifespan="on",
         access_log=False,
         server_header=False,
+        # The proxy never reads the client's address or scheme, and uvicorn's middleware that
+        # rewrites them from X-Forwarded-* parses the peer's IP address on every request.
+        proxy_headers=False,
         log_level=log_level,
         timeout_graceful_shutdown=int(config.listen.shutdown_grace_seconds),
     )

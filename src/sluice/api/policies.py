@@ -1,0 +1,326 @@
+"""The two custom resources, `LLMBatchPolicy` and `ToolCachePolicy`: spec and status models.
+
+A spec is the proxy config's section (`sluice.api.config`) with secrets named as Secret
+references instead of environment variables, plus how the operator runs the proxy (`proxy`)
+and exposes its metrics (`metrics`). `sluice.api.crds` turns these models into the CRD YAML;
+`sluice.operator` validates every policy it sees with them and renders the proxy config.
+
+Cross-field rules live twice, on purpose: as CEL (`x-kubernetes-validations`, enforced by the
+API server) and as pydantic validators (enforced wherever a spec is parsed). Both are written
+next to each other here, so a rule is never changed in one place only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic.alias_generators import to_camel
+
+from sluice.api.base import Model, SecretKeyRef
+from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, RedisSettings, UpstreamSettings
+from sluice.api.mcp import MCPSettings
+
+GROUP = "sluice.dev"
+VERSION = "v1alpha1"
+API_VERSION: Literal["sluice.dev/v1alpha1"] = "sluice.dev/v1alpha1"
+
+# Kubernetes' own quantity grammar (as in the core types' OpenAPI), so `cpu: 1` and `250m` pass.
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DURATION = r"^([0-9]+(ms|s|m|h))+$"
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+Quantity = int | Annotated[str, Field(pattern=QUANTITY)]
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry; `fieldPath` makes the error name the field."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """The `json_schema_extra` that carries CEL rules into the generated schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+# --- Secret-bearing settings ------------------------------------------------------------
+
+# Every rule starts with `has()` guards: the API server checks rules against the schema's own
+# `default: {}` objects too, before their fields are defaulted.
+
+DEFAULT_URL = UpstreamSettings.model_fields["url"].default
+# `url` has a default, so the API server fills it in before CEL runs: "both set" can only mean
+# that `url` differs from its default. The literal comes from the model, never retyped.
+URL_OR_ENDPOINTS = cel(
+    "!has(self.endpoints) || size(self.endpoints) == 0 || !has(self.url)"
+    f" || self.url == {json.dumps(DEFAULT_URL)}",
+    "set either url or endpoints, not both: endpoints replaces url",
+    ".endpoints",
+)
+ENDPOINTS_ARE_HTTP = cel(
+    # startsWith, not matches(): the items have no maxLength, and a regex over an unbounded
+    # string exceeds the API server's cost budget for rules.
+    "!has(self.endpoints)"
+    " || self.endpoints.all(e, e.startsWith('http://') || e.startsWith('https://'))",
+    "every endpoint must be an http:// or https:// URL",
+    ".endpoints",
+)
+
+
+class UpstreamSpec(UpstreamSettings):
+    """Where the OpenAI-compatible API is, how long to wait for it, and its API key."""
+
+    model_config = ConfigDict(json_schema_extra=validations(URL_OR_ENDPOINTS, ENDPOINTS_ARE_HTTP))
+
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the upstream API key, injected by the proxy; when unset, callers'
+    `Authorization` headers are forwarded."""
+
+    @model_validator(mode="after")
+    def _url_or_endpoints(self) -> UpstreamSpec:
+        if self.endpoints and self.url != DEFAULT_URL:
+            raise ValueError(URL_OR_ENDPOINTS["message"])
+        if not all(e.startswith(("http://", "https://")) for e in self.endpoints):
+            raise ValueError(ENDPOINTS_ARE_HTTP["message"])
+        return self
+
+
+class RedisSpec(RedisSettings):
+    """How the proxy talks to Redis, and the Secret key holding its URL."""
+
+    url_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the Redis URL (`redis://…` or `rediss://…`); required by the `redis`
+    and `tiered` backends."""
+
+
+REDIS_NEEDS_URL = cel(
+    "!has(self.backend) || self.backend == 'memory'"
+    " || (has(self.redis) && has(self.redis.urlSecretRef))",
+    "the redis and tiered backends need redis.urlSecretRef",
+    ".redis.urlSecretRef",
+)
+
+
+class CacheSpec(CacheSettings):
+    """Where and how responses are cached."""
+
+    model_config = ConfigDict(json_schema_extra=validations(REDIS_NEEDS_URL))
+
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    """Redis connection, for the `redis` and `tiered` backends."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> CacheSpec:
+        if self.backend != "memory" and self.redis.url_secret_ref is None:
+            raise ValueError(REDIS_NEEDS_URL["message"])
+        return self
+
+
+KEEPALIVE_WITHIN_MAX = cel(
+    "!has(self.maxKeepaliveConnections) || !has(self.maxConnections)"
+    " || self.maxKeepaliveConnections <= self.maxConnections",
+    "maxKeepaliveConnections must not exceed maxConnections",
+    ".maxKeepaliveConnections",
+)
+
+
+def check_pool(pool: PoolSettings) -> None:
+    """The pydantic twin of `KEEPALIVE_WITHIN_MAX` (PoolSettings is shared, so checked here)."""
+    if pool.max_keepalive_connections > pool.max_connections:
+        raise ValueError(KEEPALIVE_WITHIN_MAX["message"])
+
+
+# --- How the proxy runs -------------------------------------------------------------------
+
+
+class ResourceRequirements(Model):
+    """CPU and memory for each proxy container, as in a Pod spec."""
+
+    requests: dict[str, Quantity] = Field(default={"cpu": "100m", "memory": "256Mi"})
+    """Resources the scheduler reserves, for example `cpu: 250m`."""
+    limits: dict[str, Quantity] = Field(default={"memory": "1Gi"})
+    """Upper bounds. Keep memory above `cache.maxBytes`; a CPU limit throttles latency."""
+
+
+class ProxySpec(Model):
+    """How the proxy Deployment runs."""
+
+    replicas: int = Field(default=2, ge=0, le=100)
+    """Proxy pods; with more than one, a PodDisruptionBudget keeps all but one up."""
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """CPU and memory of each proxy container."""
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """Proxy image; defaults to the operator's own image, which carries both entry points."""
+    shutdown_grace_seconds: int = Field(default=25, ge=0, le=3600)
+    """On shutdown, how long in-flight requests may take; the pod's grace period follows it."""
+
+
+class MetricsSpec(Model):
+    """How Prometheus finds the proxy's `/metrics`."""
+
+    service_monitor: bool = False
+    """Create a ServiceMonitor, where the Prometheus Operator's CRD is installed."""
+    interval: str = Field(default="30s", pattern=DURATION, max_length=32)
+    """Scrape interval of the ServiceMonitor, as a Prometheus duration."""
+
+
+# --- Specs --------------------------------------------------------------------------------
+
+
+class LLMBatchPolicySpec(LLMSettings):
+    """One OpenAI-compatible upstream and how to treat it: batching, caching, pooling."""
+
+    # Redeclared only to carry the CEL rule: PoolSettings is shared with the proxy config.
+    pool: PoolSettings = Field(
+        default_factory=PoolSettings, json_schema_extra=validations(KEEPALIVE_WITHIN_MAX)
+    )
+    """Upstream connection pooling."""
+    upstream: UpstreamSpec = Field(default_factory=UpstreamSpec)
+    """The upstream API."""
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    """Response caching."""
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
+    """How the proxy runs."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    """How the proxy's metrics are scraped."""
+
+    @model_validator(mode="after")
+    def _pool_limits(self) -> LLMBatchPolicySpec:
+        check_pool(self.pool)
+        return self
+
+
+class SecretRef(Model):
+    """A whole Secret in the policy's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+
+
+class MCPServerSpec(Model):
+    """One upstream MCP server."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    """Short name, used to qualify its tools as `<name>.<tool>`."""
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    """Its Streamable HTTP endpoint."""
+    headers_secret_ref: SecretRef | None = None
+    """Secret whose keys and values become headers sent to this server (for example
+    `Authorization`); each key must be a valid environment variable name."""
+
+
+class ToolCachePolicySpec(MCPSettings):
+    """A set of MCP servers behind one aggregating, caching endpoint."""
+
+    servers: list[MCPServerSpec] = Field(
+        min_length=1,
+        max_length=64,
+        # A list-map: the API server itself rejects two servers with one name.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """The servers aggregated at `/mcp`; names are unique."""
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
+    """How the proxy runs."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    """How the proxy's metrics are scraped."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ToolCachePolicySpec:
+        names = [server.name for server in self.servers]
+        if len(names) != len(set(names)):
+            raise ValueError("server names must be unique")
+        return self
+
+
+# --- Status -------------------------------------------------------------------------------
+
+# Kubernetes writes times as RFC 3339 in UTC with a `Z`, to the second.
+Time = Annotated[
+    datetime.datetime,
+    PlainSerializer(lambda t: t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
+]
+
+
+class Condition(Model):
+    """One aspect of the policy's state (KEP-1623: the fields of `metav1.Condition`)."""
+
+    type: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$", max_length=316)
+    """`Ready`, `Progressing` or `Degraded`."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str = Field(pattern=CONDITION_REASON, min_length=1, max_length=1024)
+    """Why, as one CamelCase word, for machines."""
+    message: str = Field(default="", max_length=32768)
+    """Why, in a sentence, for people."""
+    last_transition_time: Time
+    """When `status` last changed."""
+    observed_generation: int = Field(default=0, ge=0)
+    """The policy's `metadata.generation` this condition describes."""
+
+
+class PolicyStatus(Model):
+    """What the operator made of the policy, taken from the proxy Deployment."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The `metadata.generation` last reconciled."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """`Ready`, `Progressing` and `Degraded`."""
+    endpoint: str | None = None
+    """The URL clients use: the proxy Service's, for example `http://x-llm.ns.svc:8080/v1`."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Proxy pods ready to serve."""
+    hit_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Share of cache look-ups answered from the cache, across the ready proxy pods since they
+    started; unset until the proxies have served a look-up."""
+
+
+# --- The resources as the operator reads them -----------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The parts of `metadata` the operator uses; the API server's other fields are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 0
+
+
+class Resource(BaseModel):
+    """A policy object as the API server stores it; `status` and the rest are ignored here."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    api_version: Literal["sluice.dev/v1alpha1"] = API_VERSION
+    metadata: ObjectMeta
+
+
+class LLMBatchPolicy(Resource):
+    """An `LLMBatchPolicy` object."""
+
+    kind: Literal["LLMBatchPolicy"] = "LLMBatchPolicy"
+    spec: LLMBatchPolicySpec = Field(default_factory=LLMBatchPolicySpec)
+
+
+class ToolCachePolicy(Resource):
+    """A `ToolCachePolicy` object."""
+
+    kind: Literal["ToolCachePolicy"] = "ToolCachePolicy"
+    spec: ToolCachePolicySpec
+
+
+Policy = LLMBatchPolicy | ToolCachePolicy

@@ -1,0 +1,318 @@
+"""Pure builders: a policy in, the objects its proxy is made of out, as plain dicts.
+
+ConfigMap (the rendered config), Deployment, Service, PodDisruptionBudget (replicas > 1) and
+ServiceMonitor (asked for, and its CRD served). Every object carries the policy as its
+controlling owner, so the garbage collector removes them with it and no finalizer is needed.
+No kopf and no I/O: `reconcile` applies what `desired()` returns; tests/operator tests it as
+tables. `proxyconfig` renders the config these objects mount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from sluice.api import policies
+from sluice.operator import proxyconfig
+
+Obj = dict[str, Any]
+
+MANAGER = "sluice-operator"
+CHECKSUM_ANNOTATION = "sluice.dev/config-checksum"
+POLICY_LABEL = "sluice.dev/policy"
+MANAGED_BY = {"app.kubernetes.io/managed-by": MANAGER}
+# The image's user (Dockerfile); stated here too, so runAsNonRoot can be checked by the kubelet.
+PROXY_UID = 65532
+# Before SIGTERM, give Services and ingresses time to stop sending new requests.
+PRESTOP_SLEEP_SECONDS = 5
+# Beyond the proxy's own grace: interpreter exit, closing pools and sockets.
+EXIT_MARGIN_SECONDS = 5
+
+SUFFIX = {"LLMBatchPolicy": "llm", "ToolCachePolicy": "mcp"}
+ENDPOINT_PATH = {"LLMBatchPolicy": "/v1", "ToolCachePolicy": "/mcp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """An object to delete if it exists: one the policy no longer asks for."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """What a policy should be made of: objects to apply (in order) and objects to remove."""
+
+    apply: tuple[Obj, ...]
+    delete: tuple[Ref, ...]
+
+    def find(self, kind: str) -> Obj | None:
+        """The object of this kind, if one is to be applied."""
+        return next((obj for obj in self.apply if obj["kind"] == kind), None)
+
+
+def child_name(kind: str, policy_name: str) -> str:
+    """The name shared by every object of a policy: `<policy>-llm` or `<policy>-mcp`.
+
+    A suffix per kind, so an LLMBatchPolicy and a ToolCachePolicy of one name never fight
+    over one Deployment. The CRD limits policy names to 59 characters for it.
+    """
+    return f"{policy_name}-{SUFFIX[kind]}"
+
+
+def name_of(policy: policies.Policy) -> str:
+    """The name of the policy's objects."""
+    return child_name(policy.kind, policy.metadata.name)
+
+
+def endpoint(kind: str, namespace: str, policy_name: str) -> str:
+    """The URL clients use: the Service's cluster DNS name, port and API path."""
+    host = f"{child_name(kind, policy_name)}.{namespace}.svc"
+    return f"http://{host}:{proxyconfig.PORT}{ENDPOINT_PATH[kind]}"
+
+
+def selector_for(kind: str, policy_name: str) -> dict[str, str]:
+    """The labels that pick a policy's pods; never changed, since selectors are immutable."""
+    instance = child_name(kind, policy_name)
+    return {"app.kubernetes.io/name": "sluice-proxy", "app.kubernetes.io/instance": instance}
+
+
+def selector(policy: policies.Policy) -> dict[str, str]:
+    """The labels that pick the policy's pods."""
+    return selector_for(policy.kind, policy.metadata.name)
+
+
+def label_selector(kind: str, policy_name: str) -> str:
+    """The same as a `labelSelector` query parameter."""
+    return ",".join(f"{key}={value}" for key, value in selector_for(kind, policy_name).items())
+
+
+def labels(policy: policies.Policy) -> dict[str, str]:
+    """Labels of every object: the selector, who manages it, and which policy it serves."""
+    component = f"{SUFFIX[policy.kind]}-proxy"
+    return {
+        **selector(policy),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "sluice",
+        **MANAGED_BY,
+        POLICY_LABEL: policy.metadata.name,
+    }
+
+
+def owner_reference(policy: policies.Policy) -> Obj:
+    """The policy as controlling owner; blockOwnerDeletion keeps foreground deletion honest."""
+    return {
+        "apiVersion": policy.api_version,
+        "kind": policy.kind,
+        "name": policy.metadata.name,
+        "uid": policy.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def owner_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the policy controlling an object, or None when no policy does."""
+    for ref in obj.get("metadata", {}).get("ownerReferences", []):
+        if ref.get("controller") and ref.get("apiVersion") == policies.API_VERSION:
+            return ref["kind"], ref["name"]
+    return None
+
+
+def metadata(policy: policies.Policy) -> Obj:
+    """Name, namespace, labels and owner: the same for every object of the policy."""
+    return {
+        "name": name_of(policy),
+        "namespace": policy.metadata.namespace,
+        "labels": labels(policy),
+        "ownerReferences": [owner_reference(policy)],
+    }
+
+
+def config_map(policy: policies.Policy, rendered: proxyconfig.Rendered) -> Obj:
+    """The proxy's config file. Secrets appear in it only as environment variable names."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(policy),
+        "data": {proxyconfig.CONFIG_FILE: rendered.text},
+    }
+
+
+def environment(rendered: proxyconfig.Rendered) -> Obj:
+    """`env` and `envFrom` of the proxy container: values only ever by Secret reference."""
+    env = [
+        {"name": e.env, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key}}}
+        for e in rendered.env
+    ]
+    env_from = [{"prefix": e.prefix, "secretRef": {"name": e.secret}} for e in rendered.env_from]
+    # Absent rather than empty: an applied empty list would still claim the field as ours.
+    return {key: value for key, value in (("env", env), ("envFrom", env_from)) if value}
+
+
+def container(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str) -> Obj:
+    """The proxy container: `sluice proxy --config`, probes, limits, a locked-down context."""
+    config_path = f"{proxyconfig.CONFIG_DIR}/{proxyconfig.CONFIG_FILE}"
+    http_get = {"port": "http"}
+    return {
+        "name": "proxy",
+        "image": policy.spec.proxy.image or image,
+        "command": ["sluice"],
+        "args": ["proxy", "--config", config_path],
+        "ports": [
+            {"name": "http", "containerPort": proxyconfig.PORT, "protocol": "TCP"},
+            {"name": "admin", "containerPort": proxyconfig.ADMIN_PORT, "protocol": "TCP"},
+        ],
+        **environment(rendered),
+        "startupProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "livenessProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {**http_get, "path": "/readyz"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        # The proxy drains on SIGTERM itself; the pause before lets endpoints catch up first.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "resources": policy.spec.proxy.resources.model_dump(by_alias=True),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": proxyconfig.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def pod_spec(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str) -> Obj:
+    """Pod spec: restricted Pod Security level, no API token, no service-link env vars."""
+    grace = PRESTOP_SLEEP_SECONDS + policy.spec.proxy.shutdown_grace_seconds + EXIT_MARGIN_SECONDS
+    return {
+        "containers": [container(policy, rendered, image)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name_of(policy)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": grace,
+        "automountServiceAccountToken": False,
+        # Service links would put `<SERVICE>_PORT`-style variables beside the proxy's own.
+        "enableServiceLinks": False,
+    }
+
+
+def deployment(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str) -> Obj:
+    """The proxy Deployment; the config checksum on the pod template rolls pods on change."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(policy),
+        "spec": {
+            "replicas": policy.spec.proxy.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector(policy)},
+            # Surge first: a new pod is ready before an old one goes, even with one replica.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(policy),
+                    "annotations": {
+                        CHECKSUM_ANNOTATION: rendered.checksum,
+                        "kubectl.kubernetes.io/default-container": "proxy",
+                    },
+                },
+                "spec": pod_spec(policy, rendered, image),
+            },
+        },
+    }
+
+
+def service(policy: policies.Policy) -> Obj:
+    """The ClusterIP Service clients use; the admin port stays off it."""
+    port = {
+        "name": "http",
+        "port": proxyconfig.PORT,
+        "targetPort": "http",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(policy),
+        "spec": {"type": "ClusterIP", "selector": selector(policy), "ports": [port]},
+    }
+
+
+def pod_disruption_budget(policy: policies.Policy) -> Obj:
+    """At most one proxy pod evicted at a time; unhealthy pods never block a node drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(policy),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(policy)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def service_monitor(policy: policies.Policy) -> Obj:
+    """The Prometheus Operator's scrape config for the proxy's `/metrics`."""
+    endpoint_ = {"port": "http", "path": "/metrics", "interval": policy.spec.metrics.interval}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata(policy),
+        "spec": {"selector": {"matchLabels": selector(policy)}, "endpoints": [endpoint_]},
+    }
+
+
+def ref(obj: Obj) -> Ref:
+    """The reference of a built object, for deleting it."""
+    meta = obj["metadata"]
+    return Ref(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+
+
+def desired(
+    policy: policies.Policy,
+    rendered: proxyconfig.Rendered,
+    image: str,
+    service_monitors_served: bool,
+) -> Desired:
+    """Everything the policy is made of. The ConfigMap goes first, so new pods mount it."""
+    # Optional objects: (whether wanted, the object). Unwanted ones are deleted if they exist.
+    optional = [(policy.spec.proxy.replicas > 1, pod_disruption_budget(policy))]
+    if service_monitors_served:
+        optional.append((policy.spec.metrics.service_monitor, service_monitor(policy)))
+    always = [config_map(policy, rendered), deployment(policy, rendered, image), service(policy)]
+    return Desired(
+        apply=(*always, *(obj for wanted, obj in optional if wanted)),
+        delete=tuple(ref(obj) for wanted, obj in optional if not wanted),
+    )

@@ -1,0 +1,156 @@
+"""The CRD spec models: defaults, the cross-field rules mirrored from CEL, and the examples."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Any
+
+import pydantic
+import pytest
+import yaml
+
+from sluice import api
+from sluice.api import policies
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+KEY_REF = {"name": "openai", "key": "api-key"}
+
+
+def test_an_empty_llm_spec_is_fully_defaulted() -> None:
+    spec = api.LLMBatchPolicySpec()
+    assert spec.upstream.url == "https://api.openai.com/v1"
+    assert spec.upstream.api_key_secret_ref is None
+    assert spec.batching.max_batch_size == 32
+    assert spec.cache.backend == "memory"
+    assert (spec.proxy.replicas, spec.metrics.service_monitor) == (2, False)
+
+
+def test_spec_models_extend_the_shared_settings_with_secret_references_only() -> None:
+    pairs = [
+        (policies.UpstreamSpec, api.UpstreamSettings, {"api_key_secret_ref"}),
+        (policies.RedisSpec, api.RedisSettings, {"url_secret_ref"}),
+        (policies.CacheSpec, api.CacheSettings, {"redis"}),
+        (policies.LLMBatchPolicySpec, api.LLMSettings, {"upstream", "cache", "proxy", "metrics"}),
+        (policies.ToolCachePolicySpec, api.MCPSettings, {"servers", "proxy", "metrics"}),
+    ]
+    for spec, shared, added in pairs:
+        assert issubclass(spec, shared)
+        assert set(spec.model_fields) - set(shared.model_fields) == added
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        pytest.param(
+            policies.UpstreamSpec,
+            {"url": "http://a/v1", "endpoints": ["http://b/v1"]},
+            "set either url or endpoints",
+            id="url-and-endpoints",
+        ),
+        pytest.param(
+            policies.UpstreamSpec, {"endpoints": ["ftp://b"]}, "http:// or https://", id="endpoint"
+        ),
+        pytest.param(
+            policies.CacheSpec, {"backend": "redis"}, "need redis.urlSecretRef", id="redis-no-url"
+        ),
+        pytest.param(
+            policies.CacheSpec, {"backend": "tiered"}, "need redis.urlSecretRef", id="tiered-no-url"
+        ),
+        pytest.param(
+            policies.LLMBatchPolicySpec,
+            {"pool": {"maxConnections": 5, "maxKeepaliveConnections": 6}},
+            "must not exceed maxConnections",
+            id="keepalive-over-max",
+        ),
+        pytest.param(
+            policies.ToolCachePolicySpec,
+            {"servers": [{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]},
+            "unique",
+            id="duplicate-server",
+        ),
+    ],
+)
+def test_cross_field_rules_hold_in_pydantic_as_in_cel(
+    model: type[pydantic.BaseModel], data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        model.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        pytest.param(
+            policies.UpstreamSpec, {"endpoints": ["http://a/v1", "https://b/v1"]}, id="eps"
+        ),
+        pytest.param(
+            policies.CacheSpec,
+            {"backend": "tiered", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
+            id="tiered",
+        ),
+        pytest.param(
+            policies.LLMBatchPolicySpec,
+            {"pool": {"maxConnections": 5, "maxKeepaliveConnections": 5}},
+            id="keepalive-equal",
+        ),
+    ],
+)
+def test_what_the_rules_allow(model: type[pydantic.BaseModel], data: dict[str, Any]) -> None:
+    model.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        pytest.param({"batching": {"maxBatchSize": 0}}, "batching.maxBatchSize", id="batch-0"),
+        pytest.param({"cache": {"ttlSeconds": {"chat": -1}}}, "cache.ttlSeconds.chat", id="ttl"),
+        pytest.param({"cache": {"backend": "disk"}}, "cache.backend", id="backend"),
+        pytest.param(
+            {"proxy": {"resources": {"limits": {"cpu": "lots"}}}},
+            "proxy.resources.limits.cpu",
+            id="quantity",
+        ),
+        pytest.param({"metrics": {"interval": "soon"}}, "metrics.interval", id="interval"),
+    ],
+)
+def test_out_of_range_fields_are_rejected_by_name(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as error:
+        api.LLMBatchPolicySpec.model_validate(data)
+    locations = [".".join(str(p) for p in e["loc"]) for e in error.value.errors()]
+    assert any(loc.startswith(field) for loc in locations), locations
+
+
+def test_a_tool_cache_policy_needs_at_least_one_server() -> None:
+    with pytest.raises(pydantic.ValidationError, match="servers"):
+        api.ToolCachePolicySpec.model_validate({})
+
+
+def test_condition_times_are_written_as_kubernetes_writes_them() -> None:
+    when = datetime.datetime(
+        2025, 3, 1, 13, 0, 5, 123, tzinfo=datetime.timezone(datetime.timedelta(hours=1))
+    )
+    condition = api.Condition(
+        type="Ready", status="True", reason="Available", last_transition_time=when
+    )
+    assert (
+        condition.model_dump(mode="json", by_alias=True)["lastTransitionTime"]
+        == "2025-03-01T12:00:05Z"
+    )
+
+
+def example_policies() -> list[Any]:
+    documents = []
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("apiVersion") == policies.API_VERSION:
+                documents.append(
+                    pytest.param(document, id=f"{path.stem}/{document['metadata']['name']}")
+                )
+    return documents
+
+
+@pytest.mark.parametrize("document", example_policies())
+def test_every_example_policy_is_valid(document: dict[str, Any]) -> None:
+    model = {"LLMBatchPolicy": api.LLMBatchPolicySpec, "ToolCachePolicy": api.ToolCachePolicySpec}
+    model[document["kind"]].model_validate(document.get("spec", {}))

@@ -1,0 +1,251 @@
+"""The Helm chart: lint, server-side validation, its CRDs, and the operator under its RBAC.
+
+helm and kubectl are the pinned binaries beside the control plane's. The RBAC test applies only
+the chart's ServiceAccount and roles, signs the operator in with a token of that ServiceAccount
+(not as admin), and drives every verb the operator uses: apply, delete, Secret checks, Events,
+status patches. A verb missing from the chart shows up as a policy that never gets Ready.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from sluice.api import crds as generated
+from tests.support import controlplane as cp
+from tests.support import operator as op
+
+pytestmark = pytest.mark.integration
+
+CHART = cp.REPO / "charts" / "sluice"
+RELEASE = "sluice"
+ACCOUNT = "sluice"  # sluice.fullname for release "sluice"
+EVERYTHING = [
+    "--set=prometheus.serviceMonitor.enabled=true",
+    "--set=prometheus.rules.enabled=true",
+    "--set=grafana.dashboards.enabled=true",
+]
+PROMETHEUS_RULE_CRD = {
+    **op.SERVICE_MONITOR_CRD,
+    "metadata": {"name": "prometheusrules.monitoring.coreos.com"},
+    "spec": {
+        **op.SERVICE_MONITOR_CRD["spec"],
+        "names": {"plural": "prometheusrules", "singular": "prometheusrule",
+                  "kind": "PrometheusRule", "listKind": "PrometheusRuleList"},
+    },
+}  # fmt: skip
+
+
+def helm(plane: cp.ControlPlane, *args: str) -> str:
+    result = subprocess.run(
+        [str(plane.bin_dir / "helm"), *args], env=plane.env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def template(plane: cp.ControlPlane, namespace: str, *args: str) -> str:
+    return helm(plane, "template", RELEASE, str(CHART), f"--namespace={namespace}", *args)
+
+
+@pytest.fixture
+def system_namespace(controlplane: cp.ControlPlane) -> Iterator[str]:
+    """The namespace the chart is installed into."""
+    name = f"sluice-{uuid.uuid4().hex[:6]}"
+    controlplane.kubectl("create", "namespace", name)
+    yield name
+    controlplane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def monitoring_crds(controlplane: cp.ControlPlane) -> cp.ControlPlane:
+    """Stand-ins for the Prometheus Operator's CRDs (schema-less specs), for dry runs."""
+    for crd in (op.SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD):
+        controlplane.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
+        name = f"crd/{crd['metadata']['name']}"
+        controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+    return controlplane
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="defaults"),
+        pytest.param(["--set=operator.namespaces={team-a,team-b}", *EVERYTHING], id="all"),
+        pytest.param(["--set=crds.enabled=false", "--set=image.digest=sha256:" + "a" * 64],
+                     id="no-crds-digest"),
+    ],
+)  # fmt: skip
+def test_helm_lint_strict_passes(controlplane: cp.ControlPlane, values: list[str]) -> None:
+    helm(controlplane, "lint", "--strict", str(CHART), *values)
+
+
+def test_helm_lint_rejects_values_outside_the_schema(controlplane: cp.ControlPlane) -> None:
+    result = subprocess.run(
+        [str(controlplane.bin_dir / "helm"), "lint", "--strict", str(CHART),
+         "--set=operator.logLevel=loud"],
+        env=controlplane.env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "logLevel" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="cluster-wide"),
+        pytest.param(["--set=operator.namespaces={default}"], id="namespaced"),
+        pytest.param(EVERYTHING, id="monitoring"),
+    ],
+)
+def test_rendered_chart_is_accepted_by_the_api_server(
+    monitoring_crds: cp.ControlPlane, system_namespace: str, values: list[str]
+) -> None:
+    manifest = template(monitoring_crds, system_namespace, *values)
+    result = monitoring_crds.kubectl(
+        "apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-",
+        input=manifest,
+    )  # fmt: skip
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= kinds
+    assert "serverside-applied (server dry run)" in result.stdout
+
+
+def test_chart_crds_are_the_generated_ones_and_are_kept_on_uninstall(
+    controlplane: cp.ControlPlane,
+) -> None:
+    documents = yaml.safe_load_all(template(controlplane, "default"))
+    rendered = {d["metadata"]["name"]: d for d in documents if d and d["kind"].startswith("Custom")}
+    expected = {crd["metadata"]["name"]: crd for crd in generated.definitions()}
+    assert rendered.keys() == expected.keys()
+    for name, crd in rendered.items():
+        assert crd["spec"] == expected[name]["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def apply_rbac(plane: cp.ControlPlane, namespace: str, *values: str) -> pathlib.Path:
+    """Apply the chart's CRDs, ServiceAccount and roles only; return a token kubeconfig."""
+    shown = ["templates/crds.yaml", "templates/operator-serviceaccount.yaml",
+             "templates/operator-rbac.yaml"]  # fmt: skip
+    manifest = template(plane, namespace, *values, *(f"--show-only={s}" for s in shown))
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest)
+    path = plane.state_dir / f"{namespace}.kubeconfig"
+    return op.token_kubeconfig(plane, namespace, ACCOUNT, path)
+
+
+def can_i(plane: cp.ControlPlane, namespace: str, system: str, *verb_resource: str) -> bool:
+    user = f"--as=system:serviceaccount:{system}:{ACCOUNT}"
+    result = plane.kubectl("auth", "can-i", *verb_resource, "-n", namespace, user, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def exercise(plane: cp.ControlPlane, namespace: str) -> None:
+    """Every path that needs a verb: create, status, Events, Secret checks, delete."""
+    op.apply(plane, namespace, op.EXAMPLES / "llm-policy.yaml")
+    op.apply(plane, namespace, op.EXAMPLES / "tool-cache-policy.yaml")
+    op.apply(plane, namespace, op.llm_policy("blocked", upstream={
+        "apiKeySecretRef": {"name": "absent", "key": "k"}}))  # fmt: skip
+    op.ready_policy(plane, namespace, "lbp", "openai")
+    op.ready_policy(plane, namespace, "tcp", "tools")
+    op.wait_for(
+        "a Warning event",
+        lambda: json.loads(
+            plane.kubectl(
+                "-n",
+                namespace,
+                "get",
+                "events",
+                "-o",
+                "json",
+                "--field-selector=involvedObject.name=blocked,reason=SecretNotFound",
+            ).stdout
+        )["items"],
+    )
+    patch = {"spec": {"proxy": {"replicas": 1}, "metrics": {"serviceMonitor": False}}}
+    plane.kubectl("-n", namespace, "patch", "lbp/openai", "--type=merge", "-p", json.dumps(patch))
+    op.wait_for(
+        "budget and monitor deleted",
+        lambda: (
+            op.get(plane, namespace, "poddisruptionbudget/openai-llm") is None
+            and op.get(plane, namespace, "servicemonitor/openai-llm") is None
+        ),
+    )
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "namespaced"])
+def test_the_operator_runs_with_exactly_the_charts_rbac(
+    monitoring_crds: cp.ControlPlane,
+    system_namespace: str,
+    tmp_path: pathlib.Path,
+    namespaced: bool,
+) -> None:
+    plane = monitoring_crds
+    workload = f"apps-{uuid.uuid4().hex[:6]}"
+    plane.kubectl("create", "namespace", workload)
+    values = [f"--set=operator.namespaces={{{workload}}}"] if namespaced else []
+    kubeconfig = apply_rbac(plane, system_namespace, *values)
+    namespaces = (workload,) if namespaced else ()
+    process = op.OperatorProcess(plane, tmp_path, kubeconfig, namespaces=namespaces).start()
+    try:
+        exercise(plane, workload)
+    except BaseException:
+        print(f"--- operator log ---\n{process.log()[-20000:]}")
+        raise
+    finally:
+        process.stop()
+        plane.kubectl("delete", "namespace", workload, "--wait=false")
+    # kopf says APIForbiddenError, the operator's own client "HTTP 403 Forbidden".
+    assert "forbidden" not in process.log().lower()
+
+
+@pytest.mark.parametrize(
+    ("verb_resource", "allowed"),
+    [
+        pytest.param(("get", "secrets"), True, id="get-secrets"),
+        pytest.param(("list", "secrets"), False, id="no-list-secrets"),
+        pytest.param(("patch", "deployments.apps"), True, id="patch-deployments"),
+        pytest.param(("delete", "deployments.apps"), False, id="no-delete-deployments"),
+        pytest.param(("create", "pods"), False, id="no-create-pods"),
+        pytest.param(("list", "customresourcedefinitions.apiextensions.k8s.io"), False,
+                     id="no-crd-listing"),
+        pytest.param(("patch", "llmbatchpolicies.sluice.dev", "--subresource=status"), True,
+                     id="patch-status"),
+    ],
+)  # fmt: skip
+def test_the_charts_rbac_grants_no_more_than_the_operator_uses(
+    controlplane: cp.ControlPlane,
+    system_namespace: str,
+    verb_resource: tuple[str, ...],
+    allowed: bool,
+) -> None:
+    apply_rbac(controlplane, system_namespace)
+    assert can_i(controlplane, "default", system_namespace, *verb_resource) is allowed
+
+
+def test_namespaced_rbac_reaches_only_the_namespaces_named(
+    controlplane: cp.ControlPlane, system_namespace: str
+) -> None:
+    apply_rbac(controlplane, system_namespace, "--set=operator.namespaces={default}")
+    assert can_i(controlplane, "default", system_namespace, "patch", "deployments.apps")
+    assert not can_i(controlplane, "kube-system", system_namespace, "patch", "deployments.apps")
+
+
+def test_dashboard_is_valid_json_and_uses_only_the_proxys_metric_names() -> None:
+    dashboard: dict[str, Any] = json.loads(
+        (CHART / "files/dashboards/sluice-proxies.json").read_text()
+    )
+    metrics_source = (cp.REPO / "src/sluice/proxy/metrics.py").read_text()
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert expressions
+    for expression in expressions:
+        for name in {w for w in expression.replace("(", " ").replace("{", " ").split()
+                     if w.startswith("sluice_")}:  # fmt: skip
+            base = name.removesuffix("_bucket")
+            assert f'"{base}"' in metrics_source, f"{name} is not a proxy metric"

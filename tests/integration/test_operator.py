@@ -1,0 +1,344 @@
+"""The operator against a real API server: examples in, Ready proxies out, drift undone.
+
+One `sluice operator` subprocess (tests/support/operator.py) serves the whole module, signed in
+as the control plane's admin; test_chart.py runs one with exactly the chart's RBAC. kwok marks
+the proxy pods Ready, so Deployments become Available without a kubelet; the last test runs
+the ConfigMap the operator rendered through a real `sluice proxy` on loopback instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import yaml
+
+from sluice.operator import hitratio, proxyconfig, resources
+from tests.support import controlplane as cp
+from tests.support import operator as op
+from tests.support.proxy import ProxyFactory, free_port
+from tests.support.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def crds(controlplane: cp.ControlPlane) -> cp.ControlPlane:
+    """The generated CRDs, installed as `kubectl apply` would install them from crds/."""
+    controlplane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(cp.REPO / "crds"))
+    names = ["crd/llmbatchpolicies.sluice.dev", "crd/toolcachepolicies.sluice.dev"]
+    controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return controlplane
+
+
+@pytest.fixture(scope="module")
+def operator(
+    crds: cp.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[op.OperatorProcess]:
+    process = op.OperatorProcess(crds, tmp_path_factory.mktemp("operator")).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def namespace(crds: cp.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test; the operator's log is printed when the test fails."""
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    crds.kubectl("create", "namespace", name)
+    yield name
+    crds.kubectl("delete", "namespace", name, "--wait=false")
+    report = getattr(request.node, "rep_call", None)
+    process = request.node.funcargs.get("operator")
+    if report is not None and report.failed and process is not None:
+        print(f"--- operator log ---\n{process.log()[-20000:]}")
+
+
+def checksum(deployment: dict[str, Any] | None) -> str | None:
+    annotations = (deployment or {})["spec"]["template"]["metadata"]["annotations"]
+    value: str | None = annotations.get(resources.CHECKSUM_ANNOTATION)
+    return value
+
+
+def secret_values(path: pathlib.Path) -> list[str]:
+    return [
+        value
+        for doc in op.documents(path)
+        if doc["kind"] == "Secret"
+        for value in doc.get("stringData", {}).values()
+    ]
+
+
+@pytest.mark.parametrize("example", sorted(op.EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_example_becomes_ready_with_its_proxy_objects(
+    operator: op.OperatorProcess, namespace: str, example: pathlib.Path
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, example)
+
+    policies = [d for d in op.documents(example) if d["kind"] in op.SHORT]
+    assert policies
+    for doc in policies:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        policy = op.ready_policy(plane, namespace, op.SHORT[kind], name)
+        child = resources.child_name(kind, name)
+        path = resources.ENDPOINT_PATH[kind]
+        assert policy["status"]["endpoint"] == f"http://{child}.{namespace}.svc:8080{path}"
+        assert policy["metadata"].get("finalizers") is None  # deletion never waits on us
+        deployment = op.get(plane, namespace, f"deployment/{child}")
+        assert op.condition(deployment, "Available")["status"] == "True"
+        assert op.get(plane, namespace, f"service/{child}") is not None
+        budget = op.get(plane, namespace, f"poddisruptionbudget/{child}")
+        assert (budget is not None) == (policy["spec"]["proxy"]["replicas"] > 1)
+        config_map = op.get(plane, namespace, f"configmap/{child}")
+        assert config_map is not None
+        rendered = json.dumps([config_map, deployment])
+        assert not any(value in rendered for value in secret_values(example))
+
+
+def test_a_spec_change_rolls_the_pods_onto_the_new_config(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.EXAMPLES / "llm-policy.yaml")
+    op.ready_policy(plane, namespace, "lbp", "openai")
+    before = checksum(op.get(plane, namespace, "deployment/openai-llm"))
+
+    patch = {"spec": {"batching": {"maxBatchSize": 64}}}
+    plane.kubectl("-n", namespace, "patch", "lbp/openai", "--type=merge", "-p", json.dumps(patch))
+
+    policy = op.ready_policy(plane, namespace, "lbp", "openai")
+    assert policy["status"]["observedGeneration"] == 2
+    after = checksum(op.get(plane, namespace, "deployment/openai-llm"))
+    assert after not in (None, before)
+    config_map = op.get(plane, namespace, "configmap/openai-llm")
+    assert config_map is not None
+    assert yaml.safe_load(config_map["data"]["proxy.yaml"])["llm"]["batching"]["maxBatchSize"] == 64
+
+    def rolled() -> bool:
+        selector = resources.label_selector("LLMBatchPolicy", "openai")
+        pods = json.loads(
+            plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout
+        )["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        sums = {p["metadata"]["annotations"][resources.CHECKSUM_ANNOTATION] for p in live}
+        return len(live) == 2 and sums == {after}
+
+    op.wait_for("every pod on the new config", rolled)
+    op.wait_for(
+        "Progressing=False, RolloutComplete",
+        lambda: (
+            op.condition(op.get(plane, namespace, "lbp/openai"), "Progressing").get("reason")
+            == "RolloutComplete"
+        ),
+    )
+
+
+def test_deleting_a_policy_garbage_collects_everything_it_made(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.EXAMPLES / "llm-policy.yaml")
+    op.ready_policy(plane, namespace, "lbp", "openai")
+
+    plane.kubectl("-n", namespace, "delete", "lbp/openai", "--timeout=30s")
+
+    kinds = ["deployment", "service", "configmap", "poddisruptionbudget"]
+    op.wait_for(
+        "children collected",
+        lambda: all(op.get(plane, namespace, f"{k}/openai-llm") is None for k in kinds),
+    )
+
+
+def test_a_hand_edit_of_an_owned_object_is_reverted(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.EXAMPLES / "llm-policy.yaml")
+    op.ready_policy(plane, namespace, "lbp", "openai")
+    config_before = op.get(plane, namespace, "configmap/openai-llm")
+    assert config_before is not None
+
+    plane.kubectl("-n", namespace, "scale", "deployment/openai-llm", "--replicas=5")
+    plane.kubectl(
+        "-n", namespace, "set", "image", "deployment/openai-llm", "proxy=evil.invalid/x:1"
+    )
+    plane.kubectl("-n", namespace, "delete", "configmap/openai-llm")
+
+    def deployment_restored() -> bool:
+        spec = (op.get(plane, namespace, "deployment/openai-llm") or {}).get("spec", {})
+        image = spec["template"]["spec"]["containers"][0]["image"]
+        return spec.get("replicas") == 2 and image == op.PROXY_IMAGE
+
+    op.wait_for("Deployment restored", deployment_restored)
+    restored = op.wait_for(
+        "ConfigMap recreated", lambda: op.get(plane, namespace, "configmap/openai-llm")
+    )
+    assert restored["data"] == config_before["data"]
+    op.ready_policy(plane, namespace, "lbp", "openai")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param({"batching": {"maxBatchSize": 0}}, "spec.batching.maxBatchSize", id="batch-0"),
+        pytest.param(
+            {"cache": {"ttlSeconds": {"chat": -1}}}, "spec.cache.ttlSeconds.chat", id="negative-ttl"
+        ),
+        pytest.param({"cache": {"backend": "disk"}}, "spec.cache.backend", id="unknown-backend"),
+        pytest.param(
+            {"cache": {"backend": "redis"}}, "spec.cache.redis.urlSecretRef", id="redis-without-url"
+        ),
+        pytest.param(
+            {"pool": {"maxConnections": 5, "maxKeepaliveConnections": 6}},
+            "spec.pool.maxKeepaliveConnections",
+            id="keepalive-over-max",
+        ),
+        pytest.param(
+            {"upstream": {"url": "http://a/v1", "endpoints": ["http://b/v1"]}},
+            "spec.upstream.endpoints",
+            id="url-and-endpoints",
+        ),
+        pytest.param(
+            {"proxy": {"resources": {"limits": {"cpu": "lots"}}}},
+            "spec.proxy.resources.limits.cpu",
+            id="bad-quantity",
+        ),
+        pytest.param(
+            {"batching": {"maxBatchSizes": 3}}, "spec.batching.maxBatchSizes", id="unknown-field"
+        ),
+    ],
+)
+def test_invalid_specs_are_rejected_by_the_api_server_naming_the_field(
+    crds: cp.ControlPlane, spec: dict[str, Any], field: str
+) -> None:
+    manifest = yaml.safe_dump(op.llm_policy("bad", **spec))
+    result = crds.kubectl("-n", "default", "apply", "-f", "-", input=manifest, check=False)
+
+    assert result.returncode != 0
+    assert field in result.stderr
+
+
+def test_a_tool_cache_policy_with_two_servers_of_one_name_is_rejected(
+    crds: cp.ControlPlane,
+) -> None:
+    servers = [{"name": "a", "url": "http://a/mcp"}, {"name": "a", "url": "http://b/mcp"}]
+    manifest = {"apiVersion": "sluice.dev/v1alpha1", "kind": "ToolCachePolicy",
+                "metadata": {"name": "dup"}, "spec": {"servers": servers}}  # fmt: skip
+    result = crds.kubectl("-n", "default", "apply", "-f", "-", input=yaml.safe_dump(manifest),
+                          check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "spec.servers[1]: Duplicate value" in result.stderr
+
+
+def test_a_missing_secret_gives_ready_false_with_a_reason_and_an_event_until_it_appears(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.llm_policy("keyed", upstream={
+        "apiKeySecretRef": {"name": "absent", "key": "api-key"}}))  # fmt: skip
+
+    ready = op.wait_for(
+        "Ready=False",
+        lambda: op.condition(op.get(plane, namespace, "lbp/keyed"), "Ready") or None,
+    )
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    assert f"Secret {namespace}/absent not found" in ready["message"]
+    events = op.wait_for(
+        "a Warning event",
+        lambda: json.loads(
+            plane.kubectl(
+                "-n",
+                namespace,
+                "get",
+                "events",
+                "-o",
+                "json",
+                "--field-selector=involvedObject.name=keyed,reason=SecretNotFound",
+            ).stdout
+        )["items"],
+    )
+    assert {e["type"] for e in events} == {"Warning"}
+    assert op.get(plane, namespace, "deployment/keyed-llm") is None  # nothing half-made
+
+    plane.kubectl("-n", namespace, "create", "secret", "generic", "absent",
+                  "--from-literal=api-key=sk-test")  # fmt: skip
+    op.ready_policy(plane, namespace, "lbp", "keyed")
+    assert operator.process is not None
+    assert operator.process.poll() is None  # retried, never crashed
+
+
+def test_a_service_monitor_follows_the_spec_once_its_crd_is_served(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(op.SERVICE_MONITOR_CRD))
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/servicemonitors.monitoring.coreos.com")  # fmt: skip
+    asked = {"serviceMonitor": True, "interval": "7s"}
+    op.apply(plane, namespace, op.llm_policy("watched", metrics=asked))
+
+    monitor = op.wait_for(
+        "ServiceMonitor", lambda: op.get(plane, namespace, "servicemonitor/watched-llm")
+    )
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "7s"}]
+
+    op.apply(plane, namespace, op.llm_policy("watched", metrics={"serviceMonitor": False}))
+    op.wait_for(
+        "ServiceMonitor removed",
+        lambda: op.get(plane, namespace, "servicemonitor/watched-llm") is None,
+    )
+
+
+def test_the_config_map_the_operator_rendered_runs_a_real_proxy(
+    operator: op.OperatorProcess,
+    namespace: str,
+    simulator: Simulator,
+    start_proxy: ProxyFactory,
+) -> None:
+    plane = operator.plane
+    plane.kubectl("-n", namespace, "create", "secret", "generic", "upstream",
+                  "--from-literal=api-key=sk-from-the-secret")  # fmt: skip
+    op.apply(plane, namespace, op.llm_policy(
+        "local",
+        upstream={"url": simulator.url, "apiKeySecretRef": {"name": "upstream", "key": "api-key"}},
+        batching={"maxWaitMilliseconds": 2},
+    ))  # fmt: skip
+    op.ready_policy(plane, namespace, "lbp", "local")
+    config_map = op.get(plane, namespace, "configmap/local-llm")
+    deployment = op.get(plane, namespace, "deployment/local-llm")
+    assert config_map is not None
+    assert deployment is not None
+
+    config = yaml.safe_load(config_map["data"][proxyconfig.CONFIG_FILE])
+    # What the kubelet would do: each env var from its Secret key.
+    env = {
+        e["name"]: "sk-from-the-secret"
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["valueFrom"]["secretKeyRef"] == {"name": "upstream", "key": "api-key"}
+    }
+    config["admin"]["port"] = free_port()  # several proxies share this host, unlike pods
+    proxy = start_proxy(config, env=env)
+
+    client = openai.OpenAI(base_url=proxy.url, api_key="caller-key", max_retries=0)
+    messages: Any = [{"role": "user", "content": "hello"}]
+    for _ in range(2):
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=messages,
+                                                temperature=0)  # fmt: skip
+        assert answer.choices[0].message.content
+    client.close()
+
+    assert simulator.stats.authorizations == {"Bearer sk-from-the-secret"}
+    ratio = asyncio.run(scrape(proxy.base + "/metrics"))
+    assert ratio == 0.5  # one miss, then one hit: the operator's hit-ratio reading
+
+
+async def scrape(url: str) -> float | None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        return await hitratio.scrape(session, [url])
