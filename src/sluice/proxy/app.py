@@ -79,6 +79,10 @@ class ProxyApp:
         cache_config = config.llm.cache if config.llm else CacheConfig()
         admin_app = admin.AdminApp(self.cache, cache_config, token)
         self.admin = admin.AdminService(admin_app, config.listen.host, config.admin.port)
+        if config.mcp is not None:
+            # The MCP half of the proxy is not built yet; say so rather than look healthy and
+            # answer 404 at /mcp without a word.
+            log.warning("the mcp section is not served by this version: /mcp answers 404")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
