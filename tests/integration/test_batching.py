@@ -290,3 +290,28 @@ async def test_identical_deterministic_chats_share_one_call_and_sampled_ones_do_
     assert len({a.choices[0].message.content for a in sampled}) == 5
     saved = await metric(proxy, "sluice_upstream_calls_saved_total", endpoint="chat_completions")
     assert saved == 4
+
+
+async def test_identical_chats_of_two_tenants_behind_one_proxy_key_never_share_a_call(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    simulator.configure(latency_ms=300)
+    proxy = start_proxy(
+        {
+            "llm": {
+                "upstream": {"url": simulator.url, "apiKeyEnv": "PROXY_KEY"},
+                "cache": {"mode": "off"},
+            }
+        },
+        env={"PROXY_KEY": "sk-proxy"},
+    )
+
+    async def ask(key: str) -> Any:
+        async with client(proxy, key=key) as c:
+            return await c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "same"}], temperature=0
+            )
+
+    await asyncio.gather(ask("sk-tenant-a"), ask("sk-tenant-b"), ask("sk-tenant-a"))
+    # Tenant a's two requests share one call; tenant b's gets its own.
+    assert len(simulator.calls_for("chat")) == 2

@@ -468,3 +468,18 @@ async def test_admin_invalidation_deletes_by_scope(
         assert (await chat(bob, "x"))[0] == "miss"
     assert invalidate(proxy, {"scope": "all"}, token) == (200, {"deleted": 2})
     assert invalidate(proxy, {"scope": "nonsense"}, token)[0] == 400
+
+
+async def test_no_store_embeddings_are_not_written(setup: Setup, simulator: Simulator) -> None:
+    proxy = setup.proxy()
+    no_store = {"Cache-Control": "no-store"}
+    async with client(proxy) as c:
+        first = await c.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input="secret text", extra_headers=no_store
+        )
+        again = await c.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input="secret text"
+        )
+    assert first.headers["x-sluice-cache"] == "miss"
+    assert again.headers["x-sluice-cache"] == "miss"
+    assert len(simulator.calls_for("embeddings")) == 2

@@ -129,6 +129,10 @@ class ProxyApp:
             return await handler(request)
         except errors.ProxyError as e:
             return error_reply(e)
+        except Exception:
+            # A bug, or an answer the proxy cannot read: still an OpenAI-shaped error.
+            log.exception("request to %s failed", route)
+            return error_reply(errors.internal())
 
     def resolve(self, method: str, path: str) -> tuple[str, Handler]:
         found = self.routes.get((method, path))

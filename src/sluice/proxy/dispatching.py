@@ -151,7 +151,10 @@ class Dispatcher:
             return await self.forward(CHAT, request, caller, streaming=streaming)
         if streaming or not self._shareable(payload):
             return await self._alone(CHAT, request, caller, streaming=streaming)
-        key = (scope(caller), request.query, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
+        # The tenant too: with a proxy-held key every tenant has the same credentials, and one
+        # tenant must not receive (or time) another's answer.
+        body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        key = (scope(caller), caller.tenant, request.query, body)
         flight = self.flights.get(key)
         if flight is None:
             flight = asyncio.get_running_loop().create_task(self._fly(request, caller))

@@ -73,6 +73,15 @@ def upstream_timeout(seconds: float) -> ProxyError:
     )
 
 
+def internal() -> ProxyError:
+    return ProxyError(
+        500,
+        "The proxy failed to answer this request; see its log.",
+        type="server_error",
+        code="internal_error",
+    )
+
+
 def shutting_down() -> ProxyError:
     return ProxyError(
         503,

@@ -41,7 +41,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # aiohttp decompresses bodies, so the encoding and length it received no longer describe them.
-RESPONSE_DROPPED = HOP_BY_HOP | {"content-encoding"}
+RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP | {"content-encoding"})
 
 
 class KeepaliveCappedConnector(aiohttp.TCPConnector):
@@ -85,9 +85,10 @@ class Call:
 
     def reply_headers(self) -> list[tuple[bytes, bytes]]:
         """The upstream's headers as the caller should see them."""
+        # The raw bytes, as received: decoded values may not re-encode (aiohttp decodes UTF-8).
         return [
-            (k.lower().encode(), v.encode("latin-1"))
-            for k, v in self.response.headers.items()
+            (k.lower(), v)
+            for k, v in self.response.raw_headers
             if k.lower() not in RESPONSE_DROPPED
         ]
 

@@ -43,6 +43,8 @@ class Gathered:
     model: str | None = None
     oldest: float | None = None
     fetched: bool = False
+    write: bool = True
+    """False under `Cache-Control: no-store`: fetched vectors are not stored."""
 
 
 class VectorCache:
@@ -82,7 +84,7 @@ class VectorCache:
         maker = cachekeys.EmbeddingKeys(self.prefix, tenant, payload)
         keys = [maker.key(item) for item in items]
         by_key = dict(zip(keys, items, strict=True))
-        gathered = Gathered()
+        gathered = Gathered(write=write)
         if read:
             try:
                 await self.look_up(list(by_key), gathered)
@@ -179,7 +181,8 @@ class VectorCache:
         gathered.tokens += _prompt_tokens(answer)
         gathered.model = answer.get("model") or gathered.model
         gathered.fetched = True
-        await self.save(fresh)
+        if gathered.write:  # `Cache-Control: no-store` shares in flight but keeps nothing
+            await self.save(fresh)
         for key, vector in fresh.items():
             self.flights.land(key, vector)
         return None
