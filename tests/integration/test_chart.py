@@ -156,17 +156,7 @@ def exercise(plane: cp.ControlPlane, namespace: str) -> None:
     op.ready_policy(plane, namespace, "tcp", "tools")
     op.wait_for(
         "a Warning event",
-        lambda: json.loads(
-            plane.kubectl(
-                "-n",
-                namespace,
-                "get",
-                "events",
-                "-o",
-                "json",
-                "--field-selector=involvedObject.name=blocked,reason=SecretNotFound",
-            ).stdout
-        )["items"],
+        lambda: op.events(plane, namespace, "blocked", "SecretNotFound"),
     )
     patch = {"spec": {"proxy": {"replicas": 1}, "metrics": {"serviceMonitor": False}}}
     plane.kubectl("-n", namespace, "patch", "lbp/openai", "--type=merge", "-p", json.dumps(patch))

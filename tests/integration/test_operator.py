@@ -252,17 +252,7 @@ def test_a_missing_secret_gives_ready_false_with_a_reason_and_an_event_until_it_
     assert f"Secret {namespace}/absent not found" in ready["message"]
     events = op.wait_for(
         "a Warning event",
-        lambda: json.loads(
-            plane.kubectl(
-                "-n",
-                namespace,
-                "get",
-                "events",
-                "-o",
-                "json",
-                "--field-selector=involvedObject.name=keyed,reason=SecretNotFound",
-            ).stdout
-        )["items"],
+        lambda: op.events(plane, namespace, "keyed", "SecretNotFound"),
     )
     assert {e["type"] for e in events} == {"Warning"}
     assert op.get(plane, namespace, "deployment/keyed-llm") is None  # nothing half-made

@@ -172,6 +172,14 @@ def apply(plane: cp.ControlPlane, namespace: str, manifest: dict[str, Any] | pat
         plane.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(manifest))
 
 
+def events(plane: cp.ControlPlane, namespace: str, name: str, reason: str) -> list[Any]:
+    """The Events about object `name` with `reason` (empty until the operator posts one)."""
+    selector = f"--field-selector=involvedObject.name={name},reason={reason}"
+    answer = plane.kubectl("-n", namespace, "get", "events", "-o", "json", selector)
+    items: list[Any] = json.loads(answer.stdout)["items"]
+    return items
+
+
 def llm_policy(name: str, **spec: Any) -> dict[str, Any]:
     """An LLMBatchPolicy manifest."""
     meta = {"name": name}
