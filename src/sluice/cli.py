@@ -15,7 +15,7 @@ from typing import Any
 from sluice import api
 from sluice.api import config as config_
 
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_LABEL = re.compile(api.base.DNS_LABEL)
 
 
 def main(argv: list[str] | None = None) -> int:

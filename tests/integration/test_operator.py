@@ -20,6 +20,7 @@ import openai
 import pytest
 import yaml
 
+from sluice.api import policies
 from sluice.operator import hitratio, proxyconfig, resources
 from tests.support import controlplane as cp
 from tests.support import operator as op
@@ -82,13 +83,13 @@ def test_each_example_becomes_ready_with_its_proxy_objects(
     plane = operator.plane
     op.apply(plane, namespace, example)
 
-    policies = [d for d in op.documents(example) if d["kind"] in op.SHORT]
-    assert policies
-    for doc in policies:
+    docs = [d for d in op.documents(example) if d["kind"] in op.SHORT]
+    assert docs
+    for doc in docs:
         kind, name = doc["kind"], doc["metadata"]["name"]
         policy = op.ready_policy(plane, namespace, op.SHORT[kind], name)
         child = resources.child_name(kind, name)
-        path = resources.ENDPOINT_PATH[kind]
+        path = policies.KINDS[kind].endpoint_path
         assert policy["status"]["endpoint"] == f"http://{child}.{namespace}.svc:8080{path}"
         assert policy["metadata"].get("finalizers") is None  # deletion never waits on us
         deployment = op.get(plane, namespace, f"deployment/{child}")

@@ -8,7 +8,9 @@ import orjson
 import pytest
 
 from sluice.api import Admin, CacheConfig, ConfigError
-from sluice.proxy import admin, cachekeys, caching, llm
+from sluice.proxy import admin
+from sluice.proxy.cache import keyspace, memory
+from sluice.proxy.http import callers
 
 PREFIX = "sluice:"
 
@@ -41,12 +43,16 @@ async def call(
     return sent[0]["status"], orjson.loads(sent[1]["body"])
 
 
-def filled(tenant_header: str | None = None) -> tuple[admin.AdminApp, caching.MemoryCache]:
+def filled(tenant_header: str | None = None) -> tuple[admin.AdminApp, memory.MemoryCache]:
     config = CacheConfig(tenant_header=tenant_header)
-    cache = caching.MemoryCache(100, 100_000, PREFIX)
-    for tenant in (llm.digest("Bearer sk-alice"), llm.digest("sk-bob"), "h:" + llm.digest("acme")):
+    cache = memory.MemoryCache(100, 100_000, PREFIX)
+    for tenant in (
+        callers.digest("Bearer sk-alice"),
+        callers.digest("sk-bob"),
+        "h:" + callers.digest("acme"),
+    ):
         for model in ("gpt-4o", "gpt-4o-mini"):
-            key = cachekeys.layout(PREFIX, "chat", tenant, model, "0" * 32)
+            key = keyspace.layout(PREFIX, "chat", tenant, model, "0" * 32)
             cache.store.put(key, b"v", 100, 0)
     return admin.AdminApp(cache, config, token=None), cache
 

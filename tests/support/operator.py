@@ -21,12 +21,13 @@ from typing import Any
 
 import yaml
 
+from sluice.api import policies
 from tests.support import controlplane as cp
 from tests.support.proxy import free_port
 
 PROXY_IMAGE = "registry.invalid/sluice:test"  # kwok never pulls it
 EXAMPLES = cp.REPO / "examples"
-SHORT = {"LLMBatchPolicy": "lbp", "ToolCachePolicy": "tcp"}
+SHORT = {kind.kind: kind.short_name for kind in policies.KINDS.values()}
 SERVICE_MONITOR_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",

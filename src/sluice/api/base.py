@@ -9,6 +9,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+"""An RFC 1123 label, as Kubernetes names namespaces and as Sluice names MCP servers (without
+anchors, so a pattern, a CEL rule or `re.fullmatch` can each use it)."""
+
 
 class Model(BaseModel):
     """A strict, immutable contract model: unknown keys are errors; camelCase on the wire."""

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from sluice.api.base import Model
 from sluice.api.llm import CacheSettings, LLMSettings, RedisSettings, UpstreamSettings
-from sluice.api.mcp import MCPSettings
+from sluice.api.mcp import MCPServerSettings, MCPSettings
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -69,13 +69,9 @@ class LLMConfig(LLMSettings):
     """Response caching."""
 
 
-class MCPServerConfig(Model):
-    """One upstream MCP server."""
+class MCPServerConfig(MCPServerSettings):
+    """One upstream MCP server, with its secret headers taken from the environment."""
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    """Short name, used to qualify its tools as `<name>.<tool>`."""
-    url: str = Field(pattern=r"^https?://")
-    """Its Streamable HTTP endpoint."""
     headers_env_prefix: str | None = Field(default=None, pattern=ENV_NAME)
     """Environment variables starting with this prefix become headers sent to the server."""
 

@@ -22,6 +22,7 @@ from sluice.api.base import Model
 Schema = dict[str, Any]
 
 HEADER = "# Generated from sluice.api.policies by `sluice crds --write`; do not edit.\n"
+# Not `base.DNS_LABEL`: the name becomes a Service's, which must start with a letter (RFC 1035).
 DNS_LABEL_RULE = policies.cel(
     "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 59",
     "metadata.name must be a lowercase DNS label of at most 59 characters "
@@ -139,10 +140,10 @@ def printer_columns() -> list[dict[str, Any]]:
     ]
 
 
-def definition(
-    kind: str, plural: str, short_name: str, spec: type[Model], spec_required: bool
-) -> dict[str, Any]:
+def definition(of: policies.Kind) -> dict[str, Any]:
     """One namespaced CustomResourceDefinition in group `sluice.dev`, version `v1alpha1`."""
+    kind, plural, short_name, spec = of.kind, of.plural, of.short_name, of.spec
+    spec_required = of.spec_required
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -174,12 +175,7 @@ def definition(
 
 def definitions() -> list[dict[str, Any]]:
     """Both CRDs, in a stable order."""
-    return [
-        definition("LLMBatchPolicy", "llmbatchpolicies", "lbp", policies.LLMBatchPolicySpec, False),
-        definition(
-            "ToolCachePolicy", "toolcachepolicies", "tcp", policies.ToolCachePolicySpec, True
-        ),
-    ]
+    return [definition(kind) for kind in policies.KINDS.values()]
 
 
 def file_name(crd: dict[str, Any]) -> str:

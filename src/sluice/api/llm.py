@@ -116,10 +116,6 @@ class CacheTtls(Model):
     """Seconds a legacy completion stays cached; 0 disables it."""
     embeddings: int = Field(default=86400, ge=0, le=31536000)
     """Seconds an embedding vector stays cached; 0 disables it."""
-    tools_list: int = Field(default=300, ge=0, le=31536000)
-    """Seconds an MCP server's tool list stays cached."""
-    tool_results: int = Field(default=60, ge=0, le=31536000)
-    """Default seconds an MCP tool result stays cached, for tools named in `toolResults`."""
 
 
 class RedisSettings(Model):

@@ -1,10 +1,24 @@
-"""Settings for a set of MCP servers behind one aggregating, caching endpoint (no secrets here)."""
+"""Settings for a set of MCP servers behind one aggregating, caching endpoint (no secrets here).
+
+`ToolCachePolicy.spec` and the proxy config's `mcp` section differ only in how a server's
+secret headers are named (a Secret in the CRD, environment variables in the config), so the rest
+is defined once here and both sides subclass it.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from sluice.api.base import Model
+from sluice.api.base import DNS_LABEL, Model
+
+
+class MCPServerSettings(Model):
+    """One upstream MCP server."""
+
+    name: str = Field(pattern=f"^{DNS_LABEL}$", max_length=63)
+    """Short name, used to qualify its tools as `<name>.<tool>`."""
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    """Its Streamable HTTP endpoint."""
 
 
 class ToolResultRule(Model):

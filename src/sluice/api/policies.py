@@ -12,6 +12,7 @@ next to each other here, so a rule is never changed in one place only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from typing import Annotated, Any, Literal
@@ -21,7 +22,7 @@ from pydantic.alias_generators import to_camel
 
 from sluice.api.base import Model, SecretKeyRef
 from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, RedisSettings, UpstreamSettings
-from sluice.api.mcp import MCPSettings
+from sluice.api.mcp import MCPServerSettings, MCPSettings
 
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
@@ -205,13 +206,9 @@ class SecretRef(Model):
     """Name of the Secret."""
 
 
-class MCPServerSpec(Model):
-    """One upstream MCP server."""
+class MCPServerSpec(MCPServerSettings):
+    """One upstream MCP server, with its secret headers taken from a Secret."""
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    """Short name, used to qualify its tools as `<name>.<tool>`."""
-    url: str = Field(pattern=r"^https?://", max_length=2048)
-    """Its Streamable HTTP endpoint."""
     headers_secret_ref: SecretRef | None = None
     """Secret whose keys and values become headers sent to this server (for example
     `Authorization`); each key must be a valid environment variable name."""
@@ -324,3 +321,47 @@ class ToolCachePolicy(Resource):
 
 
 Policy = LLMBatchPolicy | ToolCachePolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What the CRD generator and the operator need to know of one kind of policy."""
+
+    kind: str
+    plural: str
+    short_name: str
+    suffix: str
+    """Of its objects' names (`<policy>-<suffix>`), so two kinds of one name never collide."""
+    endpoint_path: str
+    """Where the proxy serves it, after the Service's URL."""
+    model: type[LLMBatchPolicy] | type[ToolCachePolicy]
+    spec: type[Model]
+    spec_required: bool
+
+
+KINDS: dict[str, Kind] = {
+    kind.kind: kind
+    for kind in (
+        Kind(
+            "LLMBatchPolicy",
+            "llmbatchpolicies",
+            "lbp",
+            "llm",
+            "/v1",
+            LLMBatchPolicy,
+            LLMBatchPolicySpec,
+            False,
+        ),
+        Kind(
+            "ToolCachePolicy",
+            "toolcachepolicies",
+            "tcp",
+            "mcp",
+            "/mcp",
+            ToolCachePolicy,
+            ToolCachePolicySpec,
+            True,
+        ),
+    )
+}
+"""Every kind of policy, by `kind`."""

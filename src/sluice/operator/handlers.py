@@ -27,7 +27,8 @@ from sluice.api import policies
 from sluice.operator import hitratio, kube, metrics, options, reconcile, resources, status
 
 GROUP, VERSION = policies.GROUP, policies.VERSION
-PLURALS = ("llmbatchpolicies", "toolcachepolicies")
+LLM, MCP = (policies.KINDS[kind].plural for kind in ("LLMBatchPolicy", "ToolCachePolicy"))
+PLURALS = (LLM, MCP)
 
 INTERVAL = options.HIT_RATIO_INTERVAL_SECONDS
 
@@ -108,12 +109,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.client.close()
 
 
-@kopf.on.resume(GROUP, VERSION, PLURALS[0], registry=registry)
-@kopf.on.create(GROUP, VERSION, PLURALS[0], registry=registry)
-@kopf.on.update(GROUP, VERSION, PLURALS[0], registry=registry)
-@kopf.on.resume(GROUP, VERSION, PLURALS[1], registry=registry)
-@kopf.on.create(GROUP, VERSION, PLURALS[1], registry=registry)
-@kopf.on.update(GROUP, VERSION, PLURALS[1], registry=registry)
+@kopf.on.resume(GROUP, VERSION, LLM, registry=registry)
+@kopf.on.create(GROUP, VERSION, LLM, registry=registry)
+@kopf.on.update(GROUP, VERSION, LLM, registry=registry)
+@kopf.on.resume(GROUP, VERSION, MCP, registry=registry)
+@kopf.on.create(GROUP, VERSION, MCP, registry=registry)
+@kopf.on.update(GROUP, VERSION, MCP, registry=registry)
 async def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile; a problem is retried (a Secret may appear) unless retrying cannot help."""
     outcome = await runtime(memo).reconciler.reconcile(body, trigger="policy")
@@ -140,12 +141,12 @@ for child in options.CHILDREN:  # the API server filters them too: options.MANAG
     kopf.on.event(*child, labels=resources.MANAGED_BY, registry=registry)(child_changed)
 
 
-@kopf.index(GROUP, VERSION, PLURALS[0], registry=registry)
+@kopf.index(GROUP, VERSION, LLM, registry=registry)
 def llm_policies(body: kopf.Body, **_: Any) -> dict[hitratio.Key, float | None]:
     return hitratio.index_entry(body)
 
 
-@kopf.index(GROUP, VERSION, PLURALS[1], registry=registry)
+@kopf.index(GROUP, VERSION, MCP, registry=registry)
 def tool_policies(body: kopf.Body, **_: Any) -> dict[hitratio.Key, float | None]:
     return hitratio.index_entry(body)
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from sluice.api import policies
 from sluice.operator import metrics
 
 FIELD_MANAGER = "sluice-operator"
@@ -27,13 +28,12 @@ TIMEOUT_SECONDS = 30.0
 PLURALS = {
     "ConfigMap": "configmaps",
     "Deployment": "deployments",
-    "LLMBatchPolicy": "llmbatchpolicies",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
     "Secret": "secrets",
     "Service": "services",
     "ServiceMonitor": "servicemonitors",
-    "ToolCachePolicy": "toolcachepolicies",
+    **{kind.kind: kind.plural for kind in policies.KINDS.values()},
 }
 
 

@@ -27,10 +27,6 @@ from sluice.operator import kube, metrics, proxyconfig, resources, status
 
 Key = tuple[str, str, str]  # kind, namespace, name
 Result = Literal["applied", "blocked", "superseded", "deleting"]
-MODELS: dict[str, type[policies.LLMBatchPolicy] | type[policies.ToolCachePolicy]] = {
-    "LLMBatchPolicy": policies.LLMBatchPolicy,
-    "ToolCachePolicy": policies.ToolCachePolicy,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +54,7 @@ def parse(body: Mapping[str, Any]) -> tuple[policies.Policy | None, status.Probl
     and this operator disagree (one was upgraded without the other): retrying cannot help.
     """
     try:
-        return MODELS[body["kind"]].model_validate(body), None
+        return policies.KINDS[body["kind"]].model.model_validate(body), None
     except pydantic.ValidationError as error:
         message = f"spec does not match this operator's schema: {api.config.describe(error)}"
         return None, status.Problem("InvalidSpec", message, retry=False)

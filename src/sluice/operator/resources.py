@@ -29,9 +29,6 @@ PRESTOP_SLEEP_SECONDS = 5
 # Beyond the proxy's own grace: interpreter exit, closing pools and sockets.
 EXIT_MARGIN_SECONDS = 5
 
-SUFFIX = {"LLMBatchPolicy": "llm", "ToolCachePolicy": "mcp"}
-ENDPOINT_PATH = {"LLMBatchPolicy": "/v1", "ToolCachePolicy": "/mcp"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Ref:
@@ -61,7 +58,7 @@ def child_name(kind: str, policy_name: str) -> str:
     A suffix per kind, so an LLMBatchPolicy and a ToolCachePolicy of one name never fight
     over one Deployment. The CRD limits policy names to 59 characters for it.
     """
-    return f"{policy_name}-{SUFFIX[kind]}"
+    return f"{policy_name}-{policies.KINDS[kind].suffix}"
 
 
 def name_of(policy: policies.Policy) -> str:
@@ -72,7 +69,7 @@ def name_of(policy: policies.Policy) -> str:
 def endpoint(kind: str, namespace: str, policy_name: str) -> str:
     """The URL clients use: the Service's cluster DNS name, port and API path."""
     host = f"{child_name(kind, policy_name)}.{namespace}.svc"
-    return f"http://{host}:{proxyconfig.PORT}{ENDPOINT_PATH[kind]}"
+    return f"http://{host}:{proxyconfig.PORT}{policies.KINDS[kind].endpoint_path}"
 
 
 def selector_for(kind: str, policy_name: str) -> dict[str, str]:
@@ -93,7 +90,7 @@ def label_selector(kind: str, policy_name: str) -> str:
 
 def labels(policy: policies.Policy) -> dict[str, str]:
     """Labels of every object: the selector, who manages it, and which policy it serves."""
-    component = f"{SUFFIX[policy.kind]}-proxy"
+    component = f"{policies.KINDS[policy.kind].suffix}-proxy"
     return {
         **selector(policy),
         "app.kubernetes.io/component": component,

@@ -1,7 +1,9 @@
-"""The async proxy: an ASGI app in front of an OpenAI-compatible upstream.
+"""The async proxy: an ASGI app in front of OpenAI-compatible upstreams and MCP servers.
 
-`app` routes and accounts, `llm` decides what each `/v1/*` request does, `upstream` pools
-connections and retries, `metrics` holds every metric, `server` runs it all under uvicorn.
+`app` wires the packages together and routes; `server` runs it under uvicorn. One package per
+concern, lowest first: `http` (the edge), `cache` and `upstream` (storage and reaching upstreams,
+independent of each other), `llm` and `mcp` (the two products, independent of each other); then
+`sampler`, `admin`, `app`, `server`. `metrics` holds every metric, below them all.
 """
 
 from sluice.proxy.app import ProxyApp

@@ -12,7 +12,7 @@ with its value.
 
 `tenant` is the tenant as callers present it: the value of `cache.tenantHeader` when one is
 configured, otherwise the caller's API key (sent as `Authorization: Bearer` or `api-key`; it is
-hashed like `llm.LLMRoutes.caller` does and not kept). With `shareAcrossTenants` entries belong
+hashed as `http.callers.Tenants` does and not kept). With `shareAcrossTenants` entries belong
 to no tenant, so a tenant scope deletes none. With the tiered backend the count is Redis's, and
 other replicas' memory tiers drop their copies within `localTtlSeconds`.
 """
@@ -30,8 +30,9 @@ from typing import Any
 import uvicorn
 
 from sluice.api import Admin, CacheConfig, ConfigError
-from sluice.proxy import cachekeys, caching, errors, llm
-from sluice.proxy.asgi import (
+from sluice.proxy.cache import keyspace, store
+from sluice.proxy.http import callers, errors
+from sluice.proxy.http.asgi import (
     Receive,
     Reply,
     Request,
@@ -46,15 +47,18 @@ from sluice.proxy.asgi import (
 log = logging.getLogger(__name__)
 
 INVALIDATE = "/admin/cache/invalidate"
+LLM_KINDS = ("chat", "completions", "embeddings")
+"""What `/admin/cache/invalidate` deletes: the LLM answers, never the MCP gateway's lists."""
 MAX_BODY_BYTES = 65536
 
 
 class AdminApp:
     """The admin API as an ASGI callable."""
 
-    def __init__(self, cache: caching.Cache | None, config: CacheConfig, token: str | None) -> None:
+    def __init__(self, cache: store.Cache | None, config: CacheConfig, token: str | None) -> None:
         self.cache = cache
         self.config = config
+        self.tenants = callers.Tenants(config.tenant_header)
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,41 +92,36 @@ class AdminApp:
             )
 
     async def invalidate(self, request: Request) -> Reply:
-        scope = self.scope(request.json())
+        selection = self.selection(request.json())
         if self.cache is None:
             return json_reply(200, {"deleted": 0})
         try:
-            deleted = await self.cache.invalidate(scope)
-        except caching.UnavailableError as e:
+            deleted = await self.cache.invalidate(selection)
+        except store.UnavailableError as e:
             raise errors.ProxyError(
                 503, f"The cache backend is unavailable: {e}", type="server_error"
             ) from None
-        log.info("cache invalidated: %r, %d entries deleted", scope, deleted)
+        log.info("cache invalidated: %r, %d entries deleted", selection, deleted)
         return json_reply(200, {"deleted": deleted})
 
-    def scope(self, body: dict[str, Any]) -> cachekeys.Scope:
-        """The `cachekeys.Scope` a request body names, or a 400."""
-        kind = body.get("scope")
+    def selection(self, body: dict[str, Any]) -> keyspace.Selection:
+        """The entries a request body names (its `scope`), or a 400."""
+        scope = body.get("scope")
         model, tenant = body.get("model"), body.get("tenant")
-        if kind == "all":
-            return cachekeys.Scope()
-        if kind == "model" and isinstance(model, str) and model:
-            return cachekeys.Scope(model=model)
-        if kind == "tenant" and isinstance(tenant, str) and tenant:
+        if scope == "all":
+            return keyspace.Selection(kinds=LLM_KINDS)
+        if scope == "model" and isinstance(model, str) and model:
+            return keyspace.Selection(model=model, kinds=LLM_KINDS)
+        if scope == "tenant" and isinstance(tenant, str) and tenant:
             named = model if isinstance(model, str) and model else None
-            return cachekeys.Scope(tenants=self.spellings(tenant), model=named)
+            spelt = self.tenants.spellings(tenant)
+            return keyspace.Selection(tenants=spelt, model=named, kinds=LLM_KINDS)
         raise errors.ProxyError(
             400,
             'Expected {"scope": "all"}, {"scope": "model", "model": NAME} or '
             '{"scope": "tenant", "tenant": NAME, "model"?: NAME}.',
             param="scope",
         )
-
-    def spellings(self, tenant: str) -> tuple[str, ...]:
-        """`llm.Caller.tenant` for this tenant, for each way a caller may present it."""
-        if self.config.tenant_header:
-            return ("h:" + llm.digest(tenant),)
-        return (llm.digest("Bearer " + tenant), llm.digest(tenant))
 
     def __repr__(self) -> str:
         return f"<AdminApp cache={self.cache!r} token={'set' if self.token else 'unset'}>"

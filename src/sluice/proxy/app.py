@@ -1,7 +1,10 @@
-"""The ASGI application: routing, health, metrics, and the request lifecycle (ready, draining).
+"""The ASGI application: wiring, routing, health, metrics, and the request lifecycle (ready,
+draining).
 
-Routes are a dict from exact path to handler; `/v1/*` that is not an LLM endpoint is passed
-through. Each request is counted and timed once here, whatever handler answered it.
+The wiring: the config's `llm` section becomes an upstream client (`llm.client`), a cache
+backend (`cache.backends`) and the LLM routes (`llm.routes`). Routes are a dict from exact path
+to handler; `/v1/*` that is not an LLM endpoint is passed through. Each request is counted and
+timed once here, whatever handler answered it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sluice.api import CacheConfig, ProxyConfig
-from sluice.proxy import admin, caching, errors, llm, metrics, system, upstream
-from sluice.proxy.asgi import (
+from sluice.proxy import admin, metrics, sampler
+from sluice.proxy.cache import backends, store
+from sluice.proxy.http import errors
+from sluice.proxy.http.asgi import (
     Receive,
     Reply,
     Request,
@@ -29,6 +34,7 @@ from sluice.proxy.asgi import (
     read_request,
     send_reply,
 )
+from sluice.proxy.llm import client, routes
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +58,21 @@ class ProxyApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
-        self.upstream: upstream.Upstream | None = None
-        self.sampler = system.Sampler(self)
+        self.upstream: client.Upstream | None = None
         self._accounts: dict[tuple[str, str, int], Accounts] = {}
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("GET", "/healthz"): ("healthz", self.healthz),
             ("GET", "/readyz"): ("readyz", self.readyz),
             ("GET", "/metrics"): ("metrics", self.metrics),
         }
-        self.llm: llm.LLMRoutes | None = None
-        self.cache: caching.Cache | None = None
+        self.llm: routes.LLMRoutes | None = None
+        self.cache: store.Cache | None = None
         if config.llm is not None:
             key_env = config.llm.upstream.api_key_env
             api_key = environ.get(key_env) if key_env else None
-            self.upstream = upstream.Upstream(config.llm.upstream, config.llm.pool, api_key)
-            self.cache = caching.build(config.llm.cache, environ)
-            self.llm = llm.LLMRoutes(config.llm, self.upstream, self.cache)
+            self.upstream = client.Upstream(config.llm.upstream, config.llm.pool, api_key)
+            self.cache = backends.build(config.llm.cache, environ)
+            self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache)
             self.routes |= {
                 ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
                 ("POST", "/v1/completions"): ("completions", self.llm.completions),
@@ -75,6 +80,8 @@ class ProxyApp:
                 ("GET", "/v1/models"): ("models", self.llm.passthrough),
             }
 
+        pools = [self.upstream.sessions] if self.upstream is not None else []
+        self.sampler = sampler.Sampler(pools)
         token = admin.token(config.admin, environ)
         cache_config = config.llm.cache if config.llm else CacheConfig()
         admin_app = admin.AdminApp(self.cache, cache_config, token)
@@ -138,7 +145,7 @@ class ProxyApp:
         found = self.routes.get((method, path))
         if found is not None:
             return found
-        if self.llm is not None and (path == llm.API_PREFIX or path.startswith("/v1/")):
+        if self.llm is not None and (path == routes.API_PREFIX or path.startswith("/v1/")):
             return "passthrough", self.llm.passthrough
         return "not_found", self.not_found
 
@@ -163,7 +170,7 @@ class ProxyApp:
             log.info("draining: /readyz now answers 503 and new requests are refused")
         self.state = State.DRAINING
         if self.llm is not None:
-            self.llm.batching.close()  # send waiting batches now: their callers are in flight
+            self.llm.dispatcher.close()  # send waiting batches now: their callers are in flight
 
     async def wait_idle(self, grace_seconds: float) -> None:
         """Return when no request is in flight, or after `grace_seconds`."""
@@ -193,7 +200,7 @@ class ProxyApp:
         if self.upstream is not None:
             await self.upstream.start()
         if self.llm is not None:
-            self.llm.batching.start()
+            self.llm.dispatcher.start()
         if self.cache is not None:
             await self.cache.start()
         await self.admin.start()
@@ -204,7 +211,7 @@ class ProxyApp:
         self.state = State.DRAINING
         await self.sampler.stop()
         if self.llm is not None:
-            await self.llm.batching.stop()  # answers what waits or flies, so before the close
+            await self.llm.dispatcher.stop()  # answers what waits or flies, so before the close
         if self.upstream is not None:
             await self.upstream.close()
         await self.admin.stop()

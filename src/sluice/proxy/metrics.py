@@ -28,7 +28,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # that cache hits live in.
 LLM_BUCKETS = tuple(0.01 * 2**i for i in range(14))
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, *LLM_BUCKETS)
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
