@@ -32,7 +32,13 @@ def test_spec_models_extend_the_shared_settings_with_secret_references_only() ->
         (policies.RedisSpec, api.RedisSettings, {"url_secret_ref"}),
         (policies.CacheSpec, api.CacheSettings, {"redis"}),
         (policies.LLMBatchPolicySpec, api.LLMSettings, {"upstream", "cache", "proxy", "metrics"}),
-        (policies.ToolCachePolicySpec, api.MCPSettings, {"servers", "proxy", "metrics"}),
+        (policies.ToolCacheSpec, api.ToolCacheSettings, {"redis"}),
+        (policies.MCPServerSpec, api.MCPServerSettings, {"headers_secret_ref"}),
+        (
+            policies.ToolCachePolicySpec,
+            api.MCPSettings,
+            {"servers", "cache", "proxy", "metrics"},
+        ),
     ]
     for spec, shared, added in pairs:
         assert issubclass(spec, shared)

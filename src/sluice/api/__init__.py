@@ -15,6 +15,7 @@ from sluice.api.config import (
     MCPServerConfig,
     ProxyConfig,
     RedisConfig,
+    ToolCacheConfig,
     UpstreamConfig,
 )
 from sluice.api.llm import (
@@ -25,11 +26,10 @@ from sluice.api.llm import (
     HealthSettings,
     LLMSettings,
     PoolSettings,
-    RedisSettings,
     RetrySettings,
     UpstreamSettings,
 )
-from sluice.api.mcp import MCPSettings, ToolResultRule
+from sluice.api.mcp import MCPServerSettings, MCPSettings, ToolCacheSettings, ToolResultRule
 from sluice.api.policies import (
     CacheSpec,
     Condition,
@@ -44,8 +44,10 @@ from sluice.api.policies import (
     SecretRef,
     ToolCachePolicy,
     ToolCachePolicySpec,
+    ToolCacheSpec,
     UpstreamSpec,
 )
+from sluice.api.store import RedisSettings, StoreSettings
 
 __all__ = [
     "Admin",
@@ -65,6 +67,7 @@ __all__ = [
     "Listen",
     "MCPConfig",
     "MCPServerConfig",
+    "MCPServerSettings",
     "MCPServerSpec",
     "MCPSettings",
     "MetricsSpec",
@@ -80,8 +83,12 @@ __all__ = [
     "RetrySettings",
     "SecretKeyRef",
     "SecretRef",
+    "StoreSettings",
+    "ToolCacheConfig",
     "ToolCachePolicy",
     "ToolCachePolicySpec",
+    "ToolCacheSettings",
+    "ToolCacheSpec",
     "ToolResultRule",
     "UpstreamConfig",
     "UpstreamSettings",

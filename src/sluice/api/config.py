@@ -12,11 +12,17 @@ from typing import Any
 
 import pydantic
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sluice.api.base import Model
-from sluice.api.llm import CacheSettings, LLMSettings, RedisSettings, UpstreamSettings
-from sluice.api.mcp import MCPServerSettings, MCPSettings
+from sluice.api.llm import CacheSettings, LLMSettings, UpstreamSettings
+from sluice.api.mcp import (
+    MCPServerSettings,
+    MCPSettings,
+    ToolCacheSettings,
+    check_unique_servers,
+)
+from sluice.api.store import RedisSettings
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -76,11 +82,25 @@ class MCPServerConfig(MCPServerSettings):
     """Environment variables starting with this prefix become headers sent to the server."""
 
 
+class ToolCacheConfig(ToolCacheSettings):
+    """Where tool lists and results are cached, with the Redis URL taken from the environment."""
+
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    """Redis connection, for the `redis` and `tiered` backends."""
+
+
 class MCPConfig(MCPSettings):
     """The `mcp` section: MCP servers behind one endpoint."""
 
     servers: list[MCPServerConfig] = Field(min_length=1, max_length=64)
-    """The servers aggregated at `/mcp`."""
+    """The servers aggregated at `/mcp`; names are unique."""
+    cache: ToolCacheConfig = Field(default_factory=ToolCacheConfig)
+    """Where tool lists and results are cached."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> MCPConfig:
+        check_unique_servers(self.servers)
+        return self
 
 
 class Admin(Model):

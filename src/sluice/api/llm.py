@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from sluice.api.base import Model
+from sluice.api.store import StoreSettings
 
 
 class RetrySettings(Model):
@@ -118,32 +119,13 @@ class CacheTtls(Model):
     """Seconds an embedding vector stays cached; 0 disables it."""
 
 
-class RedisSettings(Model):
-    """How the proxy talks to Redis; where Redis is comes from a secret (config or CRD side)."""
-
-    pool_size: int = Field(default=32, ge=1, le=4096)
-    """Connections in the Redis connection pool."""
-    timeout_milliseconds: int = Field(default=50, ge=1, le=60000)
-    """Time allowed for one Redis operation before the cache is bypassed for that request."""
-    key_prefix: str = Field(default="sluice:", max_length=64)
-    """Prefix of every key the proxy writes, so one Redis can serve several policies."""
-
-
-class CacheSettings(Model):
+class CacheSettings(StoreSettings):
     """Where and how responses are cached."""
 
-    backend: Literal["memory", "redis", "tiered"] = "memory"
-    """`memory` (in the proxy), `redis` (shared by replicas) or `tiered` (memory before Redis)."""
     mode: Literal["deterministic", "always", "off"] = "deterministic"
     """Which requests are cached: deterministic ones (temperature 0 or a seed, n = 1), all, none."""
     ttl_seconds: CacheTtls = Field(default_factory=CacheTtls)
     """Time to live per kind of data."""
-    max_entries: int = Field(default=100000, ge=1, le=100000000)
-    """Entries held in memory; the least recently used go first."""
-    max_bytes: int = Field(default=268435456, ge=1024, le=1099511627776)
-    """Bytes held in memory; the least recently used entries go first."""
-    local_ttl_seconds: int = Field(default=5, ge=1, le=3600)
-    """For `tiered`: how long an entry read from Redis is kept in memory."""
     tenant_header: str | None = Field(default=None, max_length=128)
     """A request header naming the tenant; when unset the tenant is a hash of the credentials."""
     share_across_tenants: bool = False

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_valida
 from pydantic.alias_generators import to_camel
 
 from sluice.api.base import Model, SecretKeyRef
-from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, RedisSettings, UpstreamSettings
-from sluice.api.mcp import MCPServerSettings, MCPSettings
+from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, UpstreamSettings
+from sluice.api.mcp import MCPServerSettings, MCPSettings, ToolCacheSettings, check_unique_servers
+from sluice.api.store import RedisSettings
 
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
@@ -120,9 +121,14 @@ class CacheSpec(CacheSettings):
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> CacheSpec:
-        if self.backend != "memory" and self.redis.url_secret_ref is None:
-            raise ValueError(REDIS_NEEDS_URL["message"])
+        check_redis_url(self.backend, self.redis)
         return self
+
+
+def check_redis_url(backend: str, redis: RedisSpec) -> None:
+    """The pydantic twin of `REDIS_NEEDS_URL`."""
+    if backend != "memory" and redis.url_secret_ref is None:
+        raise ValueError(REDIS_NEEDS_URL["message"])
 
 
 KEEPALIVE_WITHIN_MAX = cel(
@@ -214,6 +220,20 @@ class MCPServerSpec(MCPServerSettings):
     `Authorization`); each key must be a valid environment variable name."""
 
 
+class ToolCacheSpec(ToolCacheSettings):
+    """Where tool lists and results are cached."""
+
+    model_config = ConfigDict(json_schema_extra=validations(REDIS_NEEDS_URL))
+
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    """Redis connection, for the `redis` and `tiered` backends."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> ToolCacheSpec:
+        check_redis_url(self.backend, self.redis)
+        return self
+
+
 class ToolCachePolicySpec(MCPSettings):
     """A set of MCP servers behind one aggregating, caching endpoint."""
 
@@ -224,6 +244,8 @@ class ToolCachePolicySpec(MCPSettings):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     """The servers aggregated at `/mcp`; names are unique."""
+    cache: ToolCacheSpec = Field(default_factory=ToolCacheSpec)
+    """Where tool lists and results are cached."""
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     """How the proxy runs."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
@@ -231,9 +253,7 @@ class ToolCachePolicySpec(MCPSettings):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ToolCachePolicySpec:
-        names = [server.name for server in self.servers]
-        if len(names) != len(set(names)):
-            raise ValueError("server names must be unique")
+        check_unique_servers(self.servers)
         return self
 
 

@@ -78,9 +78,10 @@ def render(policy: policies.Policy) -> Rendered:
         llm, env = llm_section(policy.spec)
         config = {"listen": listen, "llm": llm, "admin": admin}
         return Rendered(api.config.parse(config, source=f"{policy.kind}.spec"), env=env)
-    mcp, env_from = mcp_section(policy.spec)
+    mcp, env, env_from = mcp_section(policy.spec)
     config = {"listen": listen, "mcp": mcp, "admin": admin}
-    return Rendered(api.config.parse(config, source=f"{policy.kind}.spec"), env_from=env_from)
+    parsed = api.config.parse(config, source=f"{policy.kind}.spec")
+    return Rendered(parsed, env=env, env_from=env_from)
 
 
 def llm_section(spec: policies.LLMBatchPolicySpec) -> tuple[dict[str, Any], tuple[SecretEnv, ...]]:
@@ -91,24 +92,32 @@ def llm_section(spec: policies.LLMBatchPolicySpec) -> tuple[dict[str, Any], tupl
     if (key_ref := upstream.pop("apiKeySecretRef")) is not None:
         upstream["apiKeyEnv"] = UPSTREAM_API_KEY_ENV
         env.append(SecretEnv(UPSTREAM_API_KEY_ENV, key_ref["name"], key_ref["key"]))
-    if (url_ref := cache["redis"].pop("urlSecretRef")) is not None:
-        cache["redis"]["urlEnv"] = REDIS_URL_ENV
-        env.append(SecretEnv(REDIS_URL_ENV, url_ref["name"], url_ref["key"]))
+    env.extend(redis_env(cache))
     return section, tuple(env)
+
+
+def redis_env(cache: dict[str, Any]) -> list[SecretEnv]:
+    """A cache section's Redis URL Secret as an env var name (either kind of policy)."""
+    if (url_ref := cache["redis"].pop("urlSecretRef")) is None:
+        return []
+    cache["redis"]["urlEnv"] = REDIS_URL_ENV
+    return [SecretEnv(REDIS_URL_ENV, url_ref["name"], url_ref["key"])]
 
 
 def mcp_section(
     spec: policies.ToolCachePolicySpec,
-) -> tuple[dict[str, Any], tuple[SecretEnvFrom, ...]]:
-    """The `mcp` section: each server's header Secret becomes an env var prefix."""
+) -> tuple[dict[str, Any], tuple[SecretEnv, ...], tuple[SecretEnvFrom, ...]]:
+    """The `mcp` section: each server's header Secret becomes an env var prefix, the cache's
+    Redis URL Secret an env var."""
     section = spec.model_dump(by_alias=True, exclude={"proxy", "metrics"})
+    env = redis_env(section["cache"])
     env_from: list[SecretEnvFrom] = []
     for index, server in enumerate(section["servers"]):
         if (ref := server.pop("headersSecretRef")) is not None:
             prefix = headers_prefix(index)
             server["headersEnvPrefix"] = prefix
             env_from.append(SecretEnvFrom(prefix, ref["name"]))
-    return section, tuple(env_from)
+    return section, tuple(env), tuple(env_from)
 
 
 def headers_prefix(index: int) -> str:

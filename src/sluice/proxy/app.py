@@ -71,7 +71,8 @@ class ProxyApp:
             key_env = config.llm.upstream.api_key_env
             api_key = environ.get(key_env) if key_env else None
             self.upstream = client.Upstream(config.llm.upstream, config.llm.pool, api_key)
-            self.cache = backends.build(config.llm.cache, environ)
+            if config.llm.cache.mode != "off":
+                self.cache = backends.build(config.llm.cache, environ)
             self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache)
             self.routes |= {
                 ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),

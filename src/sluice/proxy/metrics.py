@@ -259,3 +259,46 @@ pool_waiting = Gauge(
     "Requests waiting for a free upstream connection.",
     ["pool", "client"],
 )
+
+# --- MCP gateway --------------------------------------------------------------------------------
+tool_calls = Counter(
+    "sluice_tool_calls_total",
+    "tools/call requests through the gateway, by server, tool (beyond a per-server cap of "
+    "distinct names: `other`) and outcome: ok, error (the tool said isError), failed (the "
+    "server could not be reached or answered a JSON-RPC error), cached (answered from the cache).",
+    ["server", "tool", "outcome"],
+)
+tool_call_duration = Histogram(
+    "sluice_tool_call_duration_seconds",
+    "Time from a tools/call reaching the gateway to its answer, by server.",
+    ["server"],
+    buckets=HTTP_BUCKETS,
+)
+mcp_list_fetch_duration = Histogram(
+    "sluice_mcp_list_fetch_duration_seconds",
+    "Time to fetch one server's whole list (every page), by server and list "
+    "(tools, prompts, resources).",
+    ["server", "list"],
+    buckets=HTTP_BUCKETS,
+)
+mcp_upstream_up = Gauge(
+    "sluice_mcp_upstream_up",
+    "1 while an upstream MCP server answers, 0 after it failed (its last good lists are served).",
+    ["server"],
+)
+mcp_tools = Gauge(
+    "sluice_mcp_tools",
+    "Tools in an upstream server's last good tools/list.",
+    ["server"],
+)
+mcp_sessions = Gauge(
+    "sluice_mcp_sessions",
+    "MCP sessions open: `client` for callers connected to /mcp (session-based revisions), "
+    "`upstream` for the gateway's own sessions with the servers.",
+    ["side"],
+)
+mcp_notifications = Counter(
+    "sluice_mcp_notifications_total",
+    "Notifications received from upstream servers, by server and method.",
+    ["server", "method"],
+)

@@ -135,7 +135,6 @@ def test_build_picks_the_configured_backend() -> None:
     def config(**fields: Any) -> CacheConfig:
         return CacheConfig.model_validate(fields)
 
-    assert backends.build(config(mode="off"), env) is None
     assert isinstance(backends.build(config(), env), memory.MemoryCache)
     assert isinstance(backends.build(config(backend="redis"), env), rediscache.RedisCache)
     assert isinstance(backends.build(config(backend="tiered"), env), tiered.TieredCache)

@@ -1,17 +1,16 @@
-"""The cache backend a config names, built but not started (`app.ProxyApp` starts it)."""
+"""The cache backend a config names (the LLM routes' or the MCP gateway's), built but not
+started (`app.ProxyApp` starts it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sluice.api import CacheConfig
+from sluice.api import CacheConfig, ToolCacheConfig
 from sluice.proxy.cache import memory, store, tiered
 
 
-def build(config: CacheConfig, environ: Mapping[str, str]) -> store.Cache | None:
-    """The backend the config names, not yet started; None when caching is off."""
-    if config.mode == "off":
-        return None
+def build(config: CacheConfig | ToolCacheConfig, environ: Mapping[str, str]) -> store.Cache:
+    """The backend the config names, not yet started."""
     prefix = config.redis.key_prefix
     local = memory.MemoryCache(config.max_entries, config.max_bytes, prefix)
     if config.backend == "memory":
