@@ -9,6 +9,8 @@ with its value.
 
     POST /admin/cache/invalidate  {"scope": "all" | "model" | "tenant", "model": ..., "tenant": ...}
     -> 200 {"deleted": N}
+    POST /admin/mcp/invalidate    {"server": NAME} or {} for every server
+    -> 200 {"deleted": N}         (the lists callers read lately are fetched again at once)
 
 `tenant` is the tenant as callers present it: the value of `cache.tenantHeader` when one is
 configured, otherwise the caller's API key (sent as `Authorization: Bearer` or `api-key`; it is
@@ -43,10 +45,12 @@ from sluice.proxy.http.asgi import (
     read_request,
     send_reply,
 )
+from sluice.proxy.mcp import gateway
 
 log = logging.getLogger(__name__)
 
 INVALIDATE = "/admin/cache/invalidate"
+INVALIDATE_MCP = "/admin/mcp/invalidate"
 LLM_KINDS = ("chat", "completions", "embeddings")
 """What `/admin/cache/invalidate` deletes: the LLM answers, never the MCP gateway's lists."""
 MAX_BODY_BYTES = 65536
@@ -55,8 +59,15 @@ MAX_BODY_BYTES = 65536
 class AdminApp:
     """The admin API as an ASGI callable."""
 
-    def __init__(self, cache: store.Cache | None, config: CacheConfig, token: str | None) -> None:
+    def __init__(
+        self,
+        cache: store.Cache | None,
+        config: CacheConfig,
+        token: str | None,
+        mcp: gateway.Gateway | None = None,
+    ) -> None:
         self.cache = cache
+        self.mcp = mcp
         self.config = config
         self.tenants = callers.Tenants(config.tenant_header)
         self.token = token
@@ -73,10 +84,12 @@ class AdminApp:
 
     async def route(self, request: Request) -> Reply:
         self.authorize(request)
-        if request.path != INVALIDATE:
+        if request.path not in (INVALIDATE, INVALIDATE_MCP):
             raise errors.not_found(request.path)
         if request.method != "POST":
-            raise errors.ProxyError(405, f"{INVALIDATE} takes POST.", code="method_not_allowed")
+            raise errors.ProxyError(405, f"{request.path} takes POST.", code="method_not_allowed")
+        if request.path == INVALIDATE_MCP:
+            return await self.invalidate_mcp(request)
         return await self.invalidate(request)
 
     def authorize(self, request: Request) -> None:
@@ -102,6 +115,25 @@ class AdminApp:
                 503, f"The cache backend is unavailable: {e}", type="server_error"
             ) from None
         log.info("cache invalidated: %r, %d entries deleted", selection, deleted)
+        return json_reply(200, {"deleted": deleted})
+
+    async def invalidate_mcp(self, request: Request) -> Reply:
+        body = request.json()
+        server = body.get("server")
+        known = self.mcp.servers if self.mcp is not None else []
+        if server is not None and server not in known:
+            raise errors.ProxyError(
+                400, f"No MCP server {server!r}; servers: {known}.", param="server"
+            )
+        if self.mcp is None:
+            return json_reply(200, {"deleted": 0})
+        try:
+            deleted = await self.mcp.lists.invalidate(server)
+        except store.UnavailableError as e:
+            raise errors.ProxyError(
+                503, f"The cache backend is unavailable: {e}", type="server_error"
+            ) from None
+        log.info("MCP lists invalidated: %s, %d entries deleted", server or "all servers", deleted)
         return json_reply(200, {"deleted": deleted})
 
     def selection(self, body: dict[str, Any]) -> keyspace.Selection:

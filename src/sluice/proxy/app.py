@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sluice.api import CacheConfig, ProxyConfig
+from sluice.api import CacheConfig, PoolSettings, ProxyConfig
 from sluice.proxy import admin, metrics, sampler
 from sluice.proxy.cache import backends, store
 from sluice.proxy.http import errors
@@ -35,6 +35,8 @@ from sluice.proxy.http.asgi import (
     send_reply,
 )
 from sluice.proxy.llm import client, routes
+from sluice.proxy.mcp import gateway, transport
+from sluice.proxy.upstream import sessions
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +84,26 @@ class ProxyApp:
             }
 
         pools = [self.upstream.sessions] if self.upstream is not None else []
+        self.gateway: gateway.Gateway | None = None
+        self.tool_cache: store.Cache | None = None
+        if config.mcp is not None:
+            pool = sessions.SessionPool(
+                "mcp", PoolSettings(), connect_timeout=5.0, read_timeout=None
+            )
+            pools.append(pool)
+            self.tool_cache = backends.build(config.mcp.cache, environ)
+            self.gateway = gateway.Gateway(config.mcp, self.tool_cache, pool, environ)
+            mcp = transport.MCPRoutes(config.mcp, self.gateway)
+            self.routes |= {
+                ("POST", transport.PATH): ("mcp", mcp.post),
+                ("GET", transport.PATH): ("mcp", mcp.get),
+                ("DELETE", transport.PATH): ("mcp", mcp.delete),
+            }
         self.sampler = sampler.Sampler(pools)
         token = admin.token(config.admin, environ)
         cache_config = config.llm.cache if config.llm else CacheConfig()
-        admin_app = admin.AdminApp(self.cache, cache_config, token)
+        admin_app = admin.AdminApp(self.cache, cache_config, token, self.gateway)
         self.admin = admin.AdminService(admin_app, config.listen.host, config.admin.port)
-        if config.mcp is not None:
-            # The MCP half of the proxy is not built yet; say so rather than look healthy and
-            # answer 404 at /mcp without a word.
-            log.warning("the mcp section is not served by this version: /mcp answers 404")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -107,7 +120,7 @@ class ProxyApp:
         try:
             reply = await self.answer(route, handler, scope, receive)
             status = reply.status
-            await send_reply(send, reply)
+            await send_reply(send, reply, receive)
         except Exception:
             log.exception("request to %s failed after its answer began", route)
         finally:
@@ -170,6 +183,8 @@ class ProxyApp:
         if self.state is not State.DRAINING:
             log.info("draining: /readyz now answers 503 and new requests are refused")
         self.state = State.DRAINING
+        if self.gateway is not None:
+            self.gateway.clients.close()  # end notification streams: they never finish alone
         if self.llm is not None:
             self.llm.dispatcher.close()  # send waiting batches now: their callers are in flight
 
@@ -204,6 +219,10 @@ class ProxyApp:
             self.llm.dispatcher.start()
         if self.cache is not None:
             await self.cache.start()
+        if self.tool_cache is not None:
+            await self.tool_cache.start()
+        if self.gateway is not None:
+            await self.gateway.start()
         await self.admin.start()
         self.sampler.start()
         self.state = State.READY
@@ -215,9 +234,13 @@ class ProxyApp:
             await self.llm.dispatcher.stop()  # answers what waits or flies, so before the close
         if self.upstream is not None:
             await self.upstream.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.admin.stop()
         if self.cache is not None:
             await self.cache.close()
+        if self.tool_cache is not None:
+            await self.tool_cache.close()
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.state.value} upstream={self.upstream!r}>"

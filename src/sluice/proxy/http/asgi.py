@@ -6,6 +6,8 @@ ASGI callable on uvicorn at about twice the rate of the alternatives).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -104,13 +106,37 @@ async def read_rest(receive: Receive, first: bytes, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def send_reply(send: Send, reply: Reply) -> None:
-    """Write a reply; a stream is forwarded chunk by chunk and always closed."""
+async def send_reply(send: Send, reply: Reply, receive: Receive | None = None) -> None:
+    """Write a reply; a stream is forwarded chunk by chunk and always closed.
+
+    Given `receive`, a stream also ends when the caller hangs up: ASGI tells of it only through
+    `receive()`, and a stream that nobody stops would go on reading its upstream (and billing
+    for it) into a closed connection (FACTS.md).
+    """
     if reply.stream is None:
         headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
         return
+    if receive is None:
+        await send_stream(send, reply)
+        return
+    pump = asyncio.ensure_future(send_stream(send, reply))
+    watch = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not pump.done():
+            pump.cancel()  # the caller left: closing the stream stops what feeds it
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+    if not pump.cancelled():
+        pump.result()
+
+
+async def send_stream(send: Send, reply: Reply) -> None:
+    assert reply.stream is not None
     try:
         # Inside the `try`: a stream must be closed even when its first byte is never sent
         # (it holds an upstream connection, and the response cache waits for its end).
@@ -121,6 +147,12 @@ async def send_reply(send: Send, reply: Reply) -> None:
     finally:
         await aclose(reply.stream)
     await send({"type": "http.response.body", "body": b""})
+
+
+async def disconnected(receive: Receive) -> None:
+    """Return when the caller has hung up (the request body was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def aclose(stream: AsyncIterator[bytes]) -> None:

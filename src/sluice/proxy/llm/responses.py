@@ -294,6 +294,8 @@ class Recording:
         self.settle(entry)
 
     async def aclose(self) -> None:
+        if self.recorder.done and not self.finished.done():
+            await self.finish()  # the caller read to `[DONE]` and left before the stream's end
         self.settle(None)  # a no-op once `finish` has settled it
         await asgi.aclose(self.stream)
 

@@ -1,0 +1,173 @@
+"""The callers connected to `/mcp`: sessions of the session-based revisions, and the streams on
+which they (and stateless 2026-07-28 callers) hear notifications.
+
+A session is made by `initialize` and named by `Mcp-Session-Id`; it ends with `DELETE`, or when
+it has been idle for `IDLE_SECONDS`, or when `MAX_SESSIONS` newer ones push it out (a caller
+that comes back with an unknown id gets 404 and initialises again, as the transport says).
+A `Listener` is one open stream (a session's `GET`, or a `subscriptions/listen` request) with a
+bounded queue: a caller that does not read its stream is dropped rather than let the queue grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from sluice.proxy import metrics
+
+IDLE_SECONDS = 3600.0
+MAX_SESSIONS = 10000
+QUEUE_LIMIT = 256
+KEEPALIVE_SECONDS = 15.0
+"""An SSE comment this often on an idle stream, so a caller that left is noticed."""
+
+LIST_FILTERS = {
+    "notifications/tools/list_changed": "toolsListChanged",
+    "notifications/prompts/list_changed": "promptsListChanged",
+    "notifications/resources/list_changed": "resourcesListChanged",
+}
+"""Which `subscriptions/listen` filter field lets each notification through."""
+
+
+@dataclasses.dataclass(eq=False)
+class Listener:
+    """One open notification stream."""
+
+    wanted: frozenset[str] | None
+    """Methods this stream asked for; None: all (a session's `GET` stream)."""
+    subscription: Any = None
+    """The `subscriptions/listen` request's id, stamped on every notification it carries."""
+    queue: asyncio.Queue[bytes | None] = dataclasses.field(
+        default_factory=lambda: asyncio.Queue(QUEUE_LIMIT)
+    )
+    dropped: bool = False
+
+    def offer(self, method: str, params: dict[str, Any]) -> None:
+        if self.dropped or (self.wanted is not None and method not in self.wanted):
+            return
+        if self.subscription is not None:
+            meta = {
+                **params.get("_meta", {}),
+                "io.modelcontextprotocol/subscriptionId": self.subscription,
+            }
+            params = {**params, "_meta": meta}
+        message = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params})
+        try:
+            self.queue.put_nowait(event(message))
+        except asyncio.QueueFull:
+            self.close()  # a caller that stopped reading; it re-lists when it reconnects
+
+    def close(self) -> None:
+        """End the stream (the queue's end marker is always let in)."""
+        self.dropped = True
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    async def stream(self, first: bytes | None = None) -> AsyncIterator[bytes]:
+        """The SSE body: `first` (an acknowledgement), then notifications, keep-alives between."""
+        if first is not None:
+            yield event(first)
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    chunk = await self.queue.get()
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if chunk is None:
+                return
+            yield chunk
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    """One caller's session (session-based revisions only)."""
+
+    id: str
+    protocol_version: str
+    seen: float
+    listener: Listener | None = None
+
+
+class Clients:
+    """Every session and every open stream of this proxy."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.listeners: set[Listener] = set()
+        self._gauge = metrics.mcp_sessions.labels("client")
+
+    def open(self, protocol_version: str) -> Session:
+        self.expire()
+        while len(self.sessions) >= MAX_SESSIONS:
+            self.end(next(iter(self.sessions)))
+        session = Session(secrets.token_hex(16), protocol_version, self.clock())
+        self.sessions[session.id] = session
+        self._gauge.set(len(self.sessions))
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or self.clock() - session.seen > IDLE_SECONDS:
+            return None
+        session.seen = self.clock()
+        self.sessions.move_to_end(session_id)
+        return session
+
+    def end(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        self._gauge.set(len(self.sessions))
+        if session is None:
+            return False
+        if session.listener is not None:
+            self.stop_listening(session.listener)
+        return True
+
+    def expire(self) -> None:
+        now = self.clock()
+        while self.sessions:
+            oldest = next(iter(self.sessions.values()))
+            if now - oldest.seen <= IDLE_SECONDS or oldest.listener is not None:
+                return
+            self.end(oldest.id)
+
+    def listen(self, wanted: frozenset[str] | None, subscription: Any = None) -> Listener:
+        listener = Listener(wanted, subscription)
+        self.listeners.add(listener)
+        return listener
+
+    def stop_listening(self, listener: Listener) -> None:
+        listener.close()
+        self.listeners.discard(listener)
+
+    def broadcast(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Tell every open stream that wants it."""
+        for listener in list(self.listeners):
+            listener.offer(method, params or {})
+            if listener.dropped:
+                self.listeners.discard(listener)
+
+    def close(self) -> None:
+        for session_id in list(self.sessions):
+            self.end(session_id)
+        for listener in list(self.listeners):
+            self.stop_listening(listener)
+
+    def __repr__(self) -> str:
+        return f"<Clients sessions={len(self.sessions)} listeners={len(self.listeners)}>"
+
+
+def event(message: bytes) -> bytes:
+    return b"event: message\ndata: " + message + b"\n\n"

@@ -1,0 +1,311 @@
+"""Each upstream server's lists (tools, prompts, resources, templates), cached per server with a
+TTL, shared by callers where the server allows it, served stale when the server fails, and kept
+fresh in the background while callers use them.
+
+    get(server, kind, caller) -> fresh entry: hit
+                              -> stale or none: one fetch per (server, kind, auth context)
+                                 (cache.flights), every page through `nextCursor`
+                              -> the fetch failed: the stale entry (`stale`), else None
+
+* Keys: `keyspace.layout(prefix, "tools_list", tenant, server, kind)`; the tenant is
+  `keyspace.SHARED` for a list every caller may read, the caller's auth context (a hash of its
+  `Authorization`, never the token) for a private one: a list fetched with the caller's own
+  credentials (`forwardCallerAuth`) or marked `cacheScope: private`. Invalidating a server is one
+  `Selection(model=server)`, in memory and in Redis alike, so other replicas see it.
+* Values: `{"items", "freshUntil", "private"}` as JSON under `store.pack`, kept past their
+  freshness for `STALE_SECONDS` so a server that is down still has its last good list served.
+* Freshness: `catalog.freshness` (the policy's TTL, shortened by `ttlMs`); TTL 0 turns caching off.
+* Refresh ahead: lists read in the last TTL are fetched again in the background shortly before
+  they go stale (`refresh_due`), so after the first cold fan-out no caller waits on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from sluice.api import MCPConfig
+from sluice.proxy import metrics
+from sluice.proxy.cache import flights, keyspace, store
+from sluice.proxy.mcp import catalog, connection, jsonrpc
+
+log = logging.getLogger(__name__)
+
+KIND = "tools_list"
+"""The cache kind of every list (tools, prompts, resources): `sluice_cache_requests_total`'s
+`cache` label and the keys' kind segment."""
+STALE_SECONDS = 86400.0
+"""How long past its freshness a list is kept, to be served while its server is down."""
+REFRESH_SHARE = 0.1
+"""A list is refreshed ahead when less than this share of its TTL (and under 5 s) is left."""
+RECENT_LIMIT = 4096
+"""Lists remembered for refresh ahead; the least recently read go first."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, as far as lists are concerned: the auth context and what to send upstream."""
+
+    context: str
+    """Hash of the caller's `Authorization` (empty string for none)."""
+    authorization: str | None
+    """The caller's own `Authorization`, sent only to servers with `forwardCallerAuth`."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listing:
+    """One server's list as cached."""
+
+    items: list[catalog.Item]
+    fresh_until: float
+    private: bool
+
+    def encode(self) -> bytes:
+        data = {"items": self.items, "freshUntil": self.fresh_until, "private": self.private}
+        return orjson.dumps(data)
+
+    @classmethod
+    def decode(cls, body: bytes) -> Listing:
+        data = orjson.loads(body)
+        return cls(data["items"], data["freshUntil"], data["private"])
+
+
+@dataclasses.dataclass(slots=True)
+class Recent:
+    """A list a caller read lately, with what it takes to fetch it again."""
+
+    server: str
+    kind: catalog.Kind
+    caller: Caller
+    read_at: float
+    fresh_until: float
+
+
+class Lists:
+    """The per-server list cache in front of the upstream connections."""
+
+    def __init__(
+        self,
+        config: MCPConfig,
+        backend: store.Cache,
+        connections: Mapping[str, connection.Connection],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = backend
+        self.connections = connections
+        self.clock = clock
+        self.prefix = config.cache.redis.key_prefix
+        self.ttl = float(config.tools_list_ttl_seconds)
+        self.forwarding = {s.name: s.forward_caller_auth for s in config.servers}
+        self.flights: flights.Flights[tuple[str, str, str], Listing] = flights.Flights()
+        self.recent: collections.OrderedDict[tuple[str, str, str], Recent] = (
+            collections.OrderedDict()
+        )
+        # The last decoded value per key: a warm hit costs a dict look-up, not a JSON parse.
+        self._decoded: dict[str, tuple[bytes, Listing]] = {}
+        self._private_seen: dict[str, bool] = {}
+        self._counters = {
+            result: metrics.cache_requests.labels(KIND, result)
+            for result in ("hit", "miss", "stale", "bypass")
+        }
+        self._refresher: asyncio.Task[None] | None = None
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def get(
+        self, server: str, kind: catalog.Kind, caller: Caller
+    ) -> list[catalog.Item] | None:
+        """The server's list for this caller; None when it is down and nothing was cached."""
+        if not self.ttl:
+            self._counters["bypass"].inc()
+            return await self._fetch_or_none(server, kind, caller, None)
+        now = self.clock()
+        stale: Listing | None = None
+        for key in self.keys(server, kind, caller):
+            listing = await self._read(key)
+            if listing is None:
+                continue
+            if listing.fresh_until > now:
+                self._counters["hit"].inc()
+                self._remember(server, kind, caller, listing, now)
+                return listing.items
+            stale = stale or listing
+        self._counters["miss"].inc()
+        return await self._fetch_or_none(server, kind, caller, stale)
+
+    def keys(self, server: str, kind: catalog.Kind, caller: Caller) -> list[str]:
+        """Where the caller's list may be, the likelier first."""
+        private = keyspace.layout(self.prefix, KIND, caller.context, server, kind.field)
+        if self.forwarding[server]:
+            return [private]
+        shared = keyspace.layout(self.prefix, KIND, keyspace.SHARED, server, kind.field)
+        return [private, shared] if self._private_seen.get(server) else [shared, private]
+
+    async def _read(self, key: str) -> Listing | None:
+        try:
+            value = await self.store.get(key)
+        except store.UnavailableError:
+            return None  # counted and logged by the backend; the server is asked instead
+        if value is None:
+            return None
+        known = self._decoded.get(key)
+        if known is not None and known[0] == value:
+            return known[1]
+        listing = Listing.decode(store.unpack(value)[2])
+        self._decoded[key] = (value, listing)
+        return listing
+
+    async def _fetch_or_none(
+        self, server: str, kind: catalog.Kind, caller: Caller, stale: Listing | None
+    ) -> list[catalog.Item] | None:
+        try:
+            listing = await self.refresh(server, kind, caller)
+        except (connection.UnavailableError, jsonrpc.RPCError) as e:
+            if stale is None:
+                log.warning("%s of %s failed and nothing is cached: %s", kind.method, server, e)
+                return None
+            self._counters["stale"].inc()
+            log.warning("%s of %s failed; serving its last good list: %s", kind.method, server, e)
+            return stale.items
+        self._remember(server, kind, caller, listing, self.clock())
+        return listing.items
+
+    # --- fetching -----------------------------------------------------------------------------
+
+    async def refresh(self, server: str, kind: catalog.Kind, caller: Caller) -> Listing:
+        """Fetch the list (one flight per server, kind and auth context) and store it."""
+        flight_key = (server, kind.method, caller.context)
+        flight = self.flights.get(flight_key)
+        if flight is None:
+            flight = self.flights.launch((flight_key,), self._fetch(server, kind, caller))
+        return await self.flights.wait(flight)
+
+    async def _fetch(self, server: str, kind: catalog.Kind, caller: Caller) -> Listing:
+        started = time.perf_counter()
+        items, first = await self.fetch_all(server, kind, caller)
+        metrics.mcp_list_fetch_duration.labels(server, kind.field).observe(
+            time.perf_counter() - started
+        )
+        if kind is catalog.TOOLS:
+            metrics.mcp_tools.labels(server).set(len(items))
+        private = self.forwarding[server] or catalog.is_private(first)
+        self._private_seen[server] = private
+        fresh = catalog.freshness(self.ttl, first)
+        listing = Listing(items, self.clock() + fresh, private)
+        if self.ttl and fresh > 0:
+            tenant = caller.context if private else keyspace.SHARED
+            key = keyspace.layout(self.prefix, KIND, tenant, server, kind.field)
+            value = store.pack(self.clock(), 0, listing.encode())
+            with contextlib.suppress(store.UnavailableError):
+                await self.store.set(key, value, fresh + STALE_SECONDS)
+        return listing
+
+    async def fetch_all(
+        self, server: str, kind: catalog.Kind, caller: Caller
+    ) -> tuple[list[catalog.Item], dict[str, Any]]:
+        """Every page of the list, and the first page's result (for `ttlMs`, `cacheScope`)."""
+        limits = self.config.limits
+        upstream = self.connections[server]
+        headers = self.upstream_headers(server, caller)
+        items: list[catalog.Item] = []
+        first: dict[str, Any] | None = None
+        cursor: str | None = None
+        for _ in range(limits.max_list_pages):
+            params = {"cursor": cursor} if cursor is not None else {}
+            page = await upstream.request(kind.method, params, headers=headers)
+            try:
+                items += catalog.items_of(kind, page, limits.max_list_items - len(items))
+            except ValueError as e:
+                raise connection.UnavailableError(str(e)) from None
+            first = first or page
+            cursor = page.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                return items, first
+        raise connection.UnavailableError(
+            f"{kind.method} has more than {limits.max_list_pages} pages"
+        )
+
+    def upstream_headers(self, server: str, caller: Caller) -> dict[str, str]:
+        """The caller's `Authorization`, for a server that is its audience; nothing otherwise
+        (the connection adds the server's configured headers)."""
+        if self.forwarding[server] and caller.authorization is not None:
+            return {"authorization": caller.authorization}
+        return {}
+
+    # --- invalidation and refresh ahead -------------------------------------------------------
+
+    async def invalidate(self, server: str | None) -> int:
+        """Drop a server's lists (every server's for None), here and in a shared Redis; the
+        lists callers read lately are fetched again in the background."""
+        selection = keyspace.Selection(kinds=(KIND,), model=server)
+        deleted = await self.store.invalidate(selection)
+        for key in [k for k in self._decoded if selection.matches(self.prefix, k)]:
+            del self._decoded[key]
+        for recent in self.recent.values():
+            if server is None or recent.server == server:
+                recent.fresh_until = 0.0
+        return deleted
+
+    def _remember(
+        self, server: str, kind: catalog.Kind, caller: Caller, listing: Listing, now: float
+    ) -> None:
+        key = (server, kind.method, caller.context)
+        self.recent[key] = Recent(server, kind, caller, now, listing.fresh_until)
+        self.recent.move_to_end(key)
+        while len(self.recent) > RECENT_LIMIT:
+            self.recent.popitem(last=False)
+
+    def refresh_due(self, now: float) -> list[Recent]:
+        """Lists read within the last TTL whose freshness ends soon (or has ended)."""
+        margin = min(5.0, self.ttl * REFRESH_SHARE)
+        return [
+            r
+            for r in self.recent.values()
+            if now - r.read_at < self.ttl and r.fresh_until - now < margin
+        ]
+
+    def start(self) -> None:
+        if self.ttl:
+            loop = asyncio.get_running_loop()
+            self._refresher = loop.create_task(self._refresh_forever(), name="sluice-mcp-lists")
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        for task in list(self._refreshing):
+            task.cancel()
+        await self.flights.stop()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for due in self.refresh_due(self.clock()):
+                due.fresh_until = float("inf")  # not again until this refresh lands
+                task = asyncio.get_running_loop().create_task(self._refresh_ahead(due))
+                self._refreshing.add(task)
+                task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh_ahead(self, due: Recent) -> None:
+        try:
+            listing = await self.refresh(due.server, due.kind, due.caller)
+        except (connection.UnavailableError, jsonrpc.RPCError) as e:
+            due.fresh_until = 0.0  # try again on the next round
+            log.debug("refresh ahead of %s %s failed: %s", due.server, due.kind.method, e)
+            return
+        due.fresh_until = listing.fresh_until
+
+    def __repr__(self) -> str:
+        return f"<Lists ttl={self.ttl:g}s recent={len(self.recent)} {self.flights!r}>"

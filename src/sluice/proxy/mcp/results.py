@@ -1,0 +1,74 @@
+"""Cached tool results, for the tools a policy names in `toolResults` (a glob over qualified
+names, with a TTL each) and for no other: annotations such as `readOnlyHint` come from servers
+the proxy does not trust, so they are never enough on their own (FACTS.md).
+
+The key holds the server, the tool, the arguments in canonical JSON (keys sorted) and the
+caller's auth context, so two callers never share a result unless they are one auth context.
+A result with `isError: true` is never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+from typing import Any
+
+import orjson
+
+from sluice.api import MCPConfig
+from sluice.proxy import metrics
+from sluice.proxy.cache import keyspace, store
+
+KIND = "tool_results"
+
+
+class Results:
+    """The tool-result cache."""
+
+    def __init__(self, config: MCPConfig, backend: store.Cache) -> None:
+        self.rules = [(rule.tool, float(rule.ttl_seconds)) for rule in config.tool_results]
+        self.store = backend
+        self.prefix = config.cache.redis.key_prefix
+        self._counters = {
+            result: metrics.cache_requests.labels(KIND, result)
+            for result in ("hit", "miss", "bypass")
+        }
+
+    def ttl(self, qualified: str) -> float | None:
+        """The TTL of the first rule matching the tool's qualified name; None: not cached."""
+        for pattern, ttl in self.rules:
+            if fnmatch.fnmatchcase(qualified, pattern):
+                return ttl
+        return None
+
+    def key(self, server: str, tool: str, arguments: Any, context: str) -> str:
+        material = orjson.dumps([tool, arguments], option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.blake2b(material, digest_size=16).hexdigest()
+        return keyspace.layout(self.prefix, KIND, context, server, digest)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            value = await self.store.get(key)
+        except store.UnavailableError:
+            self._counters["bypass"].inc()
+            return None
+        if value is None:
+            self._counters["miss"].inc()
+            return None
+        self._counters["hit"].inc()
+        found: dict[str, Any] = orjson.loads(store.unpack(value)[2])
+        return found
+
+    async def put(self, key: str, result: dict[str, Any], ttl: float, now: float) -> None:
+        if result.get("isError") is True:
+            return
+        value = store.pack(now, 0, orjson.dumps(result))
+        with contextlib.suppress(store.UnavailableError):  # counted and logged by the backend
+            await self.store.set(key, value, ttl)
+
+    def bypassed(self) -> None:
+        self._counters["bypass"].inc()
+
+    def __repr__(self) -> str:
+        return f"<Results rules={len(self.rules)} store={self.store!r}>"
