@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOG_INTERVAL_SECONDS = 10.0
 ADMIN_TIMEOUT_SECONDS = 60.0
+WARM_UP_SECONDS = 2.0
+WARM_CONNECTIONS = 8
 SCAN_COUNT = 1000
 FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
 
@@ -77,7 +79,19 @@ class RedisCache:
         return cls(redis.asyncio.Redis(connection_pool=pool), config.key_prefix, timeout)
 
     async def start(self) -> None:
-        """Nothing to open: connections are made on first use, so a proxy starts without Redis."""
+        """Open some of the pool's connections before the proxy says it is ready, within
+        `WARM_UP_SECONDS`: a cold pool opening connections under the first burst of requests
+        would miss the request-path timeout and bypass the cache. A Redis that is down does not
+        hold the proxy back: it starts, and fails open, as ever."""
+        size = min(WARM_CONNECTIONS, self.client.connection_pool.max_connections)
+        try:
+            async with asyncio.timeout(WARM_UP_SECONDS):
+                await asyncio.gather(*(self.client.ping() for _ in range(size)))
+        except FAILURES as e:
+            log.warning(
+                "redis not reachable at start-up (%s); the cache is bypassed until it is",
+                errors.describe(e),
+            )
 
     async def close(self) -> None:
         await self.client.aclose()

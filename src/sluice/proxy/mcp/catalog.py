@@ -44,7 +44,7 @@ KINDS = {kind.method: kind for kind in (TOOLS, PROMPTS, RESOURCES, TEMPLATES)}
 def qualify(server: str, name: str) -> str | None:
     """`<server>.<name>`, or None when the result breaks the tool-name rule."""
     qualified = f"{server}.{name}"
-    return qualified if NAME_RULE.fullmatch(qualified) else None
+    return qualified if name and NAME_RULE.fullmatch(qualified) else None
 
 
 def split(qualified: str) -> tuple[str, str] | None:
