@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.support.proxy",
     "tests.support.redis",
     "tests.support.controlplane",
+    "tests.support.toolservers",
 ]
 
 
