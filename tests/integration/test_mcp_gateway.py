@@ -258,6 +258,7 @@ async def test_routing_headers_that_disagree_with_the_body_are_refused(
         headers={"mcp-name": "alpha.whoami"},
     )
     assert status == 400
+    assert answer["error"]["code"] == -32020  # HEADER_MISMATCH
     assert "Mcp-Name" in answer["error"]["message"]
 
 

@@ -374,10 +374,15 @@ class HTTPConnection:
             request = session.post(
                 self.url, data=orjson.dumps(body), headers=headers, timeout=timeout
             )
-        else:
+        elif self.session_id is not None:
             headers = self._headers("", {}, None)
             headers["accept"] = "text/event-stream"
             request = session.get(self.url, headers=headers, timeout=timeout)
+        else:
+            # A server without sessions has no stream to offer (the SDK's stateless servers
+            # accept a GET that never carries anything): only list TTLs keep its lists fresh.
+            await asyncio.sleep(RECONNECT_SECONDS[1])
+            return
         async with request as reply:
             if reply.status == 404 and self.session_id is not None:
                 raise SessionGoneError

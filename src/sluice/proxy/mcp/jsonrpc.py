@@ -18,7 +18,10 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
+HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+REQUEST_CANCELLED = -32800
+"""What the session-based transport answers a request its caller cancelled."""
 
 RequestId = str | int
 

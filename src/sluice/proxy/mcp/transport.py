@@ -37,7 +37,16 @@ SSE_HEADERS: Headers = [
 NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 """Methods whose `Mcp-Name` header must name what their params name."""
 STREAMABLE = frozenset(NAMED_METHODS)
-REQUEST_CANCELLED = -32800
+CLIENT_ERRORS = frozenset(
+    {
+        jsonrpc.PARSE_ERROR,
+        jsonrpc.INVALID_REQUEST,
+        jsonrpc.INVALID_PARAMS,
+        jsonrpc.HEADER_MISMATCH,
+        jsonrpc.UNSUPPORTED_PROTOCOL_VERSION,
+    }
+)
+"""Errors the 2026-07-28 revision answers with HTTP 400 (and -32601 with 404), as the SDK does."""
 
 
 class MCPRoutes:
@@ -71,10 +80,11 @@ class MCPRoutes:
                 error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Session not found")
                 return failure(404, error, message.id)
             return await self.answer(message, request, modern=False, session=session)
-        if modern(message) or message.method == "server/discover":
+        if modern(message, request) or message.method == "server/discover":
             mismatch = header_mismatch(message, request)
             if mismatch is not None:
-                return failure(400, jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, mismatch), message.id)
+                error = jsonrpc.RPCError(jsonrpc.HEADER_MISMATCH, mismatch)
+                return failure(400, error, message.id)
             version = protocol_version(message)
             if version is not None and version not in gateway.MODERN_VERSIONS:
                 supported = [*gateway.MODERN_VERSIONS, *gateway.HANDSHAKE_VERSIONS]
@@ -114,7 +124,7 @@ class MCPRoutes:
         try:
             result = await self.run(message, context, session)
         except jsonrpc.RPCError as e:
-            return Reply(200, [JSON], jsonrpc.error(message.id, e))
+            return Reply(error_status(e, modern), [JSON], jsonrpc.error(message.id, e))
         return Reply(200, [JSON], jsonrpc.result(message.id, finished(result, modern)))
 
     async def run(
@@ -133,7 +143,7 @@ class MCPRoutes:
             return await task
         except asyncio.CancelledError:
             if task.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise jsonrpc.RPCError(REQUEST_CANCELLED, "Request cancelled") from None
+                raise jsonrpc.RPCError(jsonrpc.REQUEST_CANCELLED, "Request cancelled") from None
             raise
         finally:
             self.inflight.pop(key, None)
@@ -246,6 +256,12 @@ class MCPRoutes:
         return Reply(200, [JSON], b"{}")
 
     def session_of(self, request: Request) -> clients.Session | Reply:
+        """The session a GET or DELETE names; the stateless revision has none (405, as the
+        SDK's servers answer), and a session-based caller must name one (400, 404)."""
+        version = request.header(b"mcp-protocol-version")
+        if version is not None and version.decode("latin-1") in gateway.MODERN_VERSIONS:
+            error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "The 2026-07-28 revision uses POST")
+            return Reply(405, [JSON, (b"allow", b"POST")], jsonrpc.error(None, error))
         session_id = request.header(b"mcp-session-id")
         if session_id is None:
             error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Bad Request: no valid session ID")
@@ -284,8 +300,22 @@ def protocol_version(message: jsonrpc.Message) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def modern(message: jsonrpc.Message) -> bool:
+def modern(message: jsonrpc.Message, request: Request) -> bool:
+    """A 2026-07-28 request: its envelope or its `MCP-Protocol-Version` header says so."""
+    header = request.header(b"mcp-protocol-version")
+    if header is not None and header.decode("latin-1") in gateway.MODERN_VERSIONS:
+        return True
     return protocol_version(message) is not None
+
+
+def error_status(error: jsonrpc.RPCError, modern: bool) -> int:
+    """The HTTP status of an error answer: always 200 for sessions; for 2026-07-28, 400 for the
+    caller's mistakes and 404 for an unknown method, as the SDK's servers answer."""
+    if not modern:
+        return 200
+    if error.code == jsonrpc.METHOD_NOT_FOUND:
+        return 404
+    return 400 if error.code in CLIENT_ERRORS else 200
 
 
 def header_mismatch(message: jsonrpc.Message, request: Request) -> str | None:
