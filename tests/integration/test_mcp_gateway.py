@@ -4,6 +4,7 @@ client in front, in both protocol eras; Redis shared by two replicas; hostile se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import aiohttp
 import mcp
 import orjson
 import pytest
+from aiohttp import web
 from mcp.shared.exceptions import MCPError
 
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
@@ -291,3 +293,81 @@ async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 200) 
 
 async def counted(server: ToolServer, method: str, at_least: int) -> bool:
     return server.count(method) >= at_least
+
+
+def hostile_app() -> web.Application:
+    """Servers that answer discover like a modern server, then misbehave on tools/list."""
+
+    def answer(id_: Any, result: dict[str, Any]) -> web.Response:
+        return web.json_response({"jsonrpc": "2.0", "id": id_, "result": result})
+
+    def route(misbehave: Callable[[web.Request, Any], Awaitable[web.StreamResponse]]) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            message = await request.json()
+            method, id_ = message.get("method"), message.get("id")
+            if method == "server/discover":
+                return answer(id_, {"supportedVersions": ["2026-07-28"], "capabilities": {}})
+            if method == "tools/list":
+                return await misbehave(request, id_)
+            return answer(id_, {})
+
+        return handler
+
+    async def many(request: web.Request, id_: Any) -> web.StreamResponse:
+        tools = [{"name": f"t{i}", "inputSchema": {"type": "object"}} for i in range(50_000)]
+        return answer(id_, {"tools": tools})
+
+    async def huge(request: web.Request, id_: Any) -> web.StreamResponse:
+        blob = "x" * (20 * 1024 * 1024)
+        return answer(id_, {"tools": [{"name": "big", "description": blob}]})
+
+    async def endless(request: web.Request, id_: Any) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await reply.prepare(request)
+        with contextlib.suppress(ConnectionError):  # the proxy gives up and hangs up
+            for _ in range(10_000):  # bounded all the same
+                await reply.write(b": still thinking\n\n")
+                await asyncio.sleep(0.05)
+        return reply
+
+    async def garbage(request: web.Request, id_: Any) -> web.StreamResponse:
+        return web.Response(body=b"\x00<html>not json", content_type="application/json")
+
+    app = web.Application(client_max_size=1024**2)
+    for name, misbehave in [
+        ("many", many),
+        ("huge", huge),
+        ("endless", endless),
+        ("garbage", garbage),
+    ]:
+        app.router.add_post(f"/{name}/mcp", route(misbehave))
+    return app
+
+
+async def test_hostile_servers_leave_the_proxy_answering_the_others(
+    start_proxy: ProxyFactory, tool_servers: Servers
+) -> None:
+    (good,) = tool_servers("alpha")
+    runner = web.AppRunner(hostile_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        hostile = [
+            {"name": name, "url": f"http://127.0.0.1:{port}/{name}/mcp", "timeoutSeconds": 2}
+            for name in ("many", "huge", "endless", "garbage")
+        ]
+        section = {"servers": [{"name": "alpha", "url": good.url}, *hostile]}
+        proxy = start_proxy({"mcp": section, "admin": {"port": free_port()}})
+        names = await tool_names(proxy)
+        assert names
+        assert all(name.startswith("alpha.") for name in names)
+        assert await tool_names(proxy) == names
+        assert proxy.get("/healthz")[0] == 200
+        for name in ("many", "huge", "endless", "garbage"):
+            assert proxy.metric("sluice_mcp_upstream_up", server=name) == 0
+        assert proxy.metric("sluice_mcp_upstream_up", server="alpha") == 1
+        assert proxy.metric("process_resident_memory_bytes") < 512 * 1024 * 1024
+    finally:
+        await runner.cleanup()

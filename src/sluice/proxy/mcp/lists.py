@@ -171,6 +171,7 @@ class Lists:
         try:
             listing = await self.refresh(server, kind, caller)
         except (connection.UnavailableError, jsonrpc.RPCError) as e:
+            metrics.mcp_upstream_up.labels(server).set(0)  # an answer it could not use counts
             if stale is None:
                 log.warning("%s of %s failed and nothing is cached: %s", kind.method, server, e)
                 return None
