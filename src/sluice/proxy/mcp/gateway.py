@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any
 
+import orjson
+
 from sluice.api import MCPConfig, MCPServerConfig
 from sluice.proxy import metrics
 from sluice.proxy.cache import store
@@ -46,6 +48,8 @@ CAPABILITIES = {
 TOOL_LABELS_PER_SERVER = 64
 """Distinct tool names per server in `sluice_tool_calls_total`; further ones count as `other`."""
 LIST_CHANGED = frozenset(clients.LIST_FILTERS)
+MERGED_MEMO = 256
+"""Merged lists remembered (by auth context, era and kind); emptied when full."""
 
 SendProgress = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -91,6 +95,7 @@ class Gateway:
         self.clients = clients.Clients()
         self._tool_labels: dict[str, set[str]] = {name: set() for name in self.servers}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._merged: dict[tuple[Any, ...], tuple[tuple[Any, ...], bytes]] = {}
 
     async def start(self) -> None:
         await self.pool.start()
@@ -112,8 +117,8 @@ class Gateway:
 
     # --- the methods --------------------------------------------------------------------------
 
-    async def handle(self, message: jsonrpc.Message, context: Context) -> dict[str, Any]:
-        """The result of one request, or `RPCError`."""
+    async def handle(self, message: jsonrpc.Message, context: Context) -> dict[str, Any] | bytes:
+        """The result of one request (bytes: already serialized, `finished`), or `RPCError`."""
         method, params = message.method, message.params
         if method in catalog.KINDS:
             return await self.merged(catalog.KINDS[method], context)
@@ -144,11 +149,15 @@ class Gateway:
             "ttlMs": 0,
         }
 
-    async def merged(self, kind: catalog.Kind, context: Context) -> dict[str, Any]:
-        """Every server's list of `kind`, gathered in parallel, merged for this caller."""
-        found = await asyncio.gather(
-            *(self.lists.get(server, kind, context.caller) for server in self.servers)
-        )
+    async def merged(self, kind: catalog.Kind, context: Context) -> bytes:
+        """Every server's list of `kind`, gathered in parallel, merged for this caller: the
+        serialized result, remembered while each server's list is the same object (a warm
+        list costs a merge and a serialization once, not per request)."""
+        found = await self.lists.get_all(self.servers, kind, context.caller)
+        memo = (kind.method, context.modern, tuple(map(id, found)))
+        known = self._merged.get(memo)
+        if known is not None and all(a is b for a, b in zip(known[0], found, strict=True)):
+            return known[1]
         pairs = [(s, items) for s, items in zip(self.servers, found, strict=True) if items]
         items, dropped = catalog.merge(kind, pairs)
         if dropped:
@@ -158,7 +167,11 @@ class Gateway:
             # Always fresh to the caller: the gateway's own cache is the one that knows when a
             # list changed, and a caller's copy would miss a `list_changed` it never heard.
             answer |= {"ttlMs": 0, "cacheScope": "private"}
-        return answer
+        raw = orjson.dumps(finished(answer, context.modern))
+        if len(self._merged) >= MERGED_MEMO:
+            self._merged.clear()
+        self._merged[memo] = (tuple(found), raw)  # holding the lists keeps their ids unique
+        return raw
 
     async def call_tool(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
         qualified = params.get("name")
@@ -190,9 +203,7 @@ class Gateway:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise jsonrpc.RPCError(jsonrpc.INVALID_PARAMS, "resources/read needs a `uri`")
-        found = await asyncio.gather(
-            *(self.lists.get(s, catalog.RESOURCES, context.caller) for s in self.servers)
-        )
+        found = await self.lists.get_all(self.servers, catalog.RESOURCES, context.caller)
         listed = {s: items or [] for s, items in zip(self.servers, found, strict=True)}
         server = catalog.owner_of_uri(uri, listed)
         if server is None:
@@ -263,6 +274,11 @@ class Gateway:
 
     def __repr__(self) -> str:
         return f"<Gateway servers={self.servers} {self.lists!r} {self.clients!r}>"
+
+
+def finished(result: dict[str, Any], modern: bool) -> dict[str, Any]:
+    """The 2026-07-28 revision wants every result to say it is whole."""
+    return {**result, "resultType": "complete"} if modern else result
 
 
 def headers_of(server: MCPServerConfig, environ: Mapping[str, str]) -> dict[str, str]:

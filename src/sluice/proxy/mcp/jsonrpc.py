@@ -86,6 +86,11 @@ def result(id_: RequestId | None, value: dict[str, Any]) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": id_, "result": value})
 
 
+def result_raw(id_: RequestId | None, value: bytes) -> bytes:
+    """A response around a result already serialized (the gateway's remembered lists)."""
+    return b'{"jsonrpc":"2.0","id":%b,"result":%b}' % (orjson.dumps(id_), value)
+
+
 def error(id_: RequestId | None, failure: RPCError) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": id_, "error": failure.body()})
 

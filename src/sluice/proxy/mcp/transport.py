@@ -56,7 +56,7 @@ class MCPRoutes:
         self.config = config
         self.gateway = gate
         self.origins = frozenset(o.rstrip("/").encode() for o in config.allowed_origins)
-        self.inflight: dict[tuple[str, jsonrpc.RequestId], asyncio.Task[dict[str, Any]]] = {}
+        self.inflight: dict[tuple[str, jsonrpc.RequestId], asyncio.Task[Any]] = {}
 
     # --- POST ---------------------------------------------------------------------------------
 
@@ -125,14 +125,14 @@ class MCPRoutes:
             result = await self.run(message, context, session)
         except jsonrpc.RPCError as e:
             return Reply(error_status(e, modern), [JSON], jsonrpc.error(message.id, e))
-        return Reply(200, [JSON], jsonrpc.result(message.id, finished(result, modern)))
+        return Reply(200, [JSON], answer_of(message.id, result, modern))
 
     async def run(
         self,
         message: jsonrpc.Message,
         context: gateway.Context,
         session: clients.Session | None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | bytes:
         """The gateway's answer, in a task a session's `notifications/cancelled` can cancel."""
         if session is None or message.id is None:
             return await self.gateway.handle(message, context)
@@ -206,7 +206,7 @@ class MCPRoutes:
                 else:
                     getter.cancel()
             try:
-                answer = jsonrpc.result(message.id, finished(task.result(), context.modern))
+                answer = answer_of(message.id, task.result(), context.modern)
             except jsonrpc.RPCError as e:
                 answer = jsonrpc.error(message.id, e)
             yield clients.event(answer)
@@ -287,9 +287,10 @@ def failure(status: int, error: jsonrpc.RPCError, id_: jsonrpc.RequestId | None 
     return Reply(status, [JSON], jsonrpc.error(id_, error))
 
 
-def finished(result: dict[str, Any], modern: bool) -> dict[str, Any]:
-    """The 2026-07-28 revision wants every result to say it is whole."""
-    return {**result, "resultType": "complete"} if modern else result
+def answer_of(id_: jsonrpc.RequestId | None, result: dict[str, Any] | bytes, modern: bool) -> bytes:
+    if isinstance(result, bytes):
+        return jsonrpc.result_raw(id_, result)
+    return jsonrpc.result(id_, gateway.finished(result, modern))
 
 
 def protocol_version(message: jsonrpc.Message) -> str | None:
