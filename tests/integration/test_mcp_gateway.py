@@ -118,6 +118,22 @@ async def test_progress_notifications_of_a_call_reach_the_caller(
     assert seen == [1, 2, 3]
 
 
+async def test_a_session_the_server_forgot_is_made_again_and_the_call_answered(
+    start_proxy: ProxyFactory, tool_servers: Servers
+) -> None:
+    (old,) = tool_servers("old:legacy")  # refuses discover: the gateway opens a session
+    proxy = gateway(start_proxy, [old])
+    _, answer = await modern(proxy, "tools/call", {"name": "old.whoami", "arguments": {}})
+    assert answer["result"]["content"][0]["text"] == "old"
+    old.control("mode", {"forget": True})
+    _, answer = await modern(
+        proxy, "tools/call", {"name": "old.add", "arguments": {"a": 1, "b": 1}}
+    )
+    assert answer["result"]["content"][0]["text"] == "2"
+    assert old.count("initialize") == 2
+    assert old.count("server/discover") >= 1
+
+
 async def test_a_cold_list_asks_every_server_at_once_and_a_warm_one_asks_none(
     start_proxy: ProxyFactory, tool_servers: Servers
 ) -> None:

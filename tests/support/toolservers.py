@@ -5,11 +5,15 @@ a resource `<name>://readme`. A thin ASGI wrapper in front of each lets a test s
 over `/_control`, without touching the protocol the gateway sees:
 
     GET  /_control/stats   -> {"tools_list": N, "tools_call": N}   requests that reached it
-    POST /_control/mode    {"delay_ms": N, "fail": bool}           slow it down, or make it 500
+    POST /_control/mode    {"delay_ms": N, "fail": bool,           slow it down, make it 500,
+                            "forget": bool}                        or 404 the next session request
     POST /_control/change  {"tool": NAME}                          add a tool and publish
                                                                    tools/list_changed
 
-    python -m tests.support.toolservers NAME:PORT[:stateless] ...
+    python -m tests.support.toolservers NAME:PORT[:stateless][:legacy] ...
+
+`legacy` refuses `server/discover` as a server of the session-based revisions does, so clients
+fall back to the `initialize` handshake.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ class Control:
 
     delay_ms: float = 0.0
     fail: bool = False
+    forget: bool = False
+    legacy: bool = False
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -110,6 +116,14 @@ def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
         if control.fail and method != "subscriptions/listen":
             await reply(send, 500, b'{"error":"failing on purpose"}')
             return
+        if control.legacy and method == "server/discover":
+            await reply(send, 400, LEGACY_REFUSAL)
+            return
+        has_session = any(name == b"mcp-session-id" for name, _ in scope["headers"])
+        if control.forget and has_session:
+            control.forget = False
+            await reply(send, 404, SESSION_NOT_FOUND)
+            return
         if control.delay_ms and method == "tools/list":
             await asyncio.sleep(control.delay_ms / 1000)
         sent = False
@@ -129,6 +143,7 @@ def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
         if scope["path"] == "/_control/mode":
             control.delay_ms = float(payload.get("delay_ms", control.delay_ms))
             control.fail = bool(payload.get("fail", control.fail))
+            control.forget = bool(payload.get("forget", control.forget))
         elif scope["path"] == "/_control/change":
             new = payload["tool"]
             server.add_tool(lambda: new, name=new, description="added by a test")
@@ -136,6 +151,12 @@ def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
         await reply(send, 200, json.dumps(control.counts).encode())
 
     return wrapped
+
+
+LEGACY_REFUSAL = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request"}}'
+SESSION_NOT_FOUND = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
+)
 
 
 async def reply(send: Any, status: int, body: bytes) -> None:
@@ -150,8 +171,9 @@ async def serve(specs: list[str]) -> None:
         name, port, *flags = spec.split(":")
         server = make_server(name)
         app = server.streamable_http_app(stateless_http="stateless" in flags)
+        control = Control(legacy="legacy" in flags)
         config = uvicorn.Config(
-            steered(server, app, Control()), host="127.0.0.1", port=int(port), log_level="warning"
+            steered(server, app, control), host="127.0.0.1", port=int(port), log_level="warning"
         )
         servers.append(uvicorn.Server(config))
     await asyncio.gather(*(s.serve() for s in servers))
@@ -181,13 +203,14 @@ class ToolServer:
 
 @pytest.fixture
 def tool_servers() -> Iterator[Callable[..., list[ToolServer]]]:
-    """Start servers by name (`"name"` or `"name:stateless"`); all stop with the test."""
+    """Start servers by name and flags (`"name"`, `"name:stateless"`, `"name:legacy"`); all
+    stop with the test."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(*specs: str) -> list[ToolServer]:
         servers = [ToolServer(spec.split(":")[0], free_port()) for spec in specs]
         args = [
-            f"{s.name}:{s.port}" + (":stateless" if spec.endswith(":stateless") else "")
+            ":".join([s.name, str(s.port), *spec.split(":")[1:]])
             for s, spec in zip(servers, specs, strict=True)
         ]
         command = [sys.executable, "-m", "tests.support.toolservers", *args]
