@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+import socket
 import struct
 import time
 import urllib.request
@@ -373,3 +374,47 @@ def test_unpacking_base64_matches_float_encoding() -> None:
     vector = embedding_vector("m", "x", 4)
     packed = base64.b64encode(struct.pack("<4f", *vector)).decode()
     assert list(struct.unpack("<4f", base64.b64decode(packed))) == pytest.approx(vector)
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+TRAVERSALS = [
+    "/v1/../admin",
+    "/v1/%2e%2e/admin",
+    "/v1/%2E%2E%2Fadmin",
+    "/v1/..%2fadmin",
+    "/v1/files/..%5c..%5cadmin",
+    "/v1/%252e%252e/admin",
+    "/v1//admin",
+    "/v1/./models",
+    "/v1/models/%2e%2e",
+]
+
+
+def raw_get(proxy: ProxyProcess, path: str) -> bytes:
+    """A request line sent exactly as written: HTTP clients would normalise these paths."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+        conn.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-caller\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_no_path_that_leaves_v1_reaches_the_upstream_with_the_proxys_key(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy(
+        llm_config({"url": simulator.url, "apiKeyEnv": "UPSTREAM_KEY"}),
+        env={"UPSTREAM_KEY": "sk-upstream"},
+    )
+    for path in TRAVERSALS:
+        answer = raw_get(proxy, path)
+        assert answer.startswith(b"HTTP/1.1 404"), (path, answer[:200])
+        assert b'"code":"not_found"' in answer
+    assert simulator.calls == []
+    assert raw_get(proxy, "/v1/models").startswith(b"HTTP/1.1 200")

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sluice.api import CacheConfig, PoolSettings, ProxyConfig
 from sluice.proxy import admin, metrics, sampler
 from sluice.proxy.cache import backends, store
-from sluice.proxy.http import errors
+from sluice.proxy.http import errors, paths
 from sluice.proxy.http.asgi import (
     Receive,
     Reply,
@@ -159,7 +159,11 @@ class ProxyApp:
         found = self.routes.get((method, path))
         if found is not None:
             return found
-        if self.llm is not None and (path == routes.API_PREFIX or path.startswith("/v1/")):
+        if (
+            self.llm is not None
+            and (path == routes.API_PREFIX or path.startswith("/v1/"))
+            and paths.passable(path)
+        ):
             return "passthrough", self.llm.passthrough
         return "not_found", self.not_found
 
