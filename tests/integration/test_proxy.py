@@ -418,3 +418,9 @@ def test_no_path_that_leaves_v1_reaches_the_upstream_with_the_proxys_key(
         assert b'"code":"not_found"' in answer
     assert simulator.calls == []
     assert raw_get(proxy, "/v1/models").startswith(b"HTTP/1.1 200")
+
+
+def test_an_answer_passed_through_has_one_date_header(proxy: ProxyProcess) -> None:
+    answer = raw_get(proxy, "/v1/models")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"\r\ndate:") == 1

@@ -31,3 +31,11 @@ def test_a_header_tenant_never_equals_a_credential_tenant_of_the_same_text() -> 
     by_header = callers.Tenants("x-tenant").of(request((b"x-tenant", b"sk-a")))
     by_key = callers.Tenants("x-tenant").of(request((b"api-key", b"sk-a")))
     assert by_header != by_key
+
+
+def test_a_blank_tenant_header_is_no_tenant_and_falls_back_to_the_credentials() -> None:
+    tenants = callers.Tenants("x-tenant")
+    blank_a = tenants.of(request((b"x-tenant", b"  "), (b"authorization", b"Bearer sk-a")))
+    blank_b = tenants.of(request((b"x-tenant", b""), (b"authorization", b"Bearer sk-b")))
+    assert blank_a != blank_b
+    assert blank_a == tenants.of(request((b"authorization", b"Bearer sk-a")))

@@ -31,8 +31,9 @@ class Caller:
 
 
 class Tenants:
-    """The tenant rule: the tenant header's value if configured and present, else the caller's
-    own credentials (`Authorization`, or Azure's `api-key`)."""
+    """The tenant rule: the tenant header's value if configured and present (and not blank),
+    else the caller's own credentials (`Authorization`, or Azure's `api-key`): a blank header
+    must never put its callers into one shared bucket."""
 
     def __init__(self, header: str | None) -> None:
         # Lower-cased and encoded once: this runs on every cache hit.
@@ -40,7 +41,7 @@ class Tenants:
 
     def of(self, request: Request) -> str:
         named = request.header(self.header) if self.header else None
-        if named is not None:
+        if named is not None and named.strip():  # an empty header names no tenant
             return HEADER_TENANT + digest(named.decode("latin-1"))
         own = request.header(b"authorization") or request.header(b"api-key") or b""
         return digest(own.decode("latin-1"))

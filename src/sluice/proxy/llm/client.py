@@ -41,8 +41,9 @@ HOP_BY_HOP = frozenset(
         "accept-encoding",
     }
 )
-# aiohttp decompresses bodies, so the encoding and length it received no longer describe them.
-RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP | {"content-encoding"})
+# aiohttp decompresses bodies, so the encoding and length it received no longer describe them;
+# uvicorn writes its own `date`, and an answer with two (FACTS.md) confuses caches.
+RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP | {"content-encoding", "date"})
 
 
 class Call:
