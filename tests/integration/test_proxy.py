@@ -424,3 +424,22 @@ def test_an_answer_passed_through_has_one_date_header(proxy: ProxyProcess) -> No
     answer = raw_get(proxy, "/v1/models")
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert head.count(b"\r\ndate:") == 1
+
+
+def test_a_post_is_not_retried_on_502_unless_the_policy_opts_in(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    plain = start_proxy(llm_config({"url": simulator.url}))
+    simulator.fail_next(502)
+    with client(plain) as c, pytest.raises(openai.InternalServerError):
+        c.with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "bill me once"}]
+        )
+    assert [call.status for call in simulator.calls_for("chat")] == [502]
+    opted = start_proxy(llm_config({"url": simulator.url, "retry": {"onStatus": [502]}}))
+    simulator.fail_next(502)
+    with client(opted) as c:
+        c.with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "retry me"}]
+        )
+    assert [call.status for call in simulator.calls_for("chat")] == [502, 502, 200]

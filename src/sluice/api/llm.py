@@ -16,7 +16,8 @@ from sluice.api.store import StoreSettings
 
 
 class RetrySettings(Model):
-    """Retries of failed upstream calls: connect errors, 429 and 502/503/504, never mid-stream."""
+    """Retries of failed upstream calls: connect errors, 429 and 503 always, 502/504 for calls
+    that cannot bill twice (not POST) unless `onStatus` says so; never mid-stream."""
 
     max_attempts: int = Field(default=3, ge=1, le=10)
     """Attempts in all, the first included; 1 disables retries."""
@@ -26,6 +27,9 @@ class RetrySettings(Model):
     """Upper bound of one backoff, and of a `Retry-After` the proxy is willing to honour."""
     budget_seconds: float = Field(default=30.0, gt=0, le=600)
     """Total time a request may spend in retries before the last error is returned."""
+    on_status: list[Literal[502, 504]] = Field(default_factory=list, max_length=2)
+    """Statuses on which POST calls are retried too. A 502 or 504 may come after the upstream
+    did the work (and billed it), so a POST is not retried on them unless named here."""
 
 
 class HealthSettings(Model):

@@ -82,9 +82,11 @@ RETRY = RetrySettings(max_attempts=3, backoff_seconds=0.2, max_backoff_seconds=5
 
 
 def wait(outcome: int | str, attempt: int = 1, **kwargs: object) -> float | None:
-    options: dict[str, object] = {"now": 0.0, "remaining": 30.0, "rand": lambda: 1.0} | kwargs
+    defaults = {"method": "GET", "now": 0.0, "remaining": 30.0, "rand": lambda: 1.0}
+    options: dict[str, object] = defaults | kwargs
     headers = options.pop("headers", None)
-    return endpoints.retry_wait(RETRY, attempt, outcome, headers, **options)  # type: ignore[arg-type]
+    settings = options.pop("settings", RETRY)
+    return endpoints.retry_wait(settings, attempt, outcome, headers, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -112,3 +114,25 @@ def test_no_retry_past_the_attempts_or_the_budget() -> None:
 def test_the_servers_retry_after_decides_the_wait_within_bounds() -> None:
     assert wait(429, headers={"retry-after": "2"}) == 2.0
     assert wait(429, headers={"retry-after": "60"}) is None  # beyond maxBackoffSeconds
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        pytest.param(502, None, id="502-may-have-billed"),
+        pytest.param(504, None, id="504-may-have-billed"),
+        pytest.param(503, 0.2, id="503-did-not-work"),
+        pytest.param(429, 0.2, id="429-did-not-work"),
+        pytest.param(endpoints.CONNECT_ERROR, 0.2, id="never-reached"),
+    ],
+)
+def test_a_post_is_not_retried_where_the_upstream_may_have_done_the_work(
+    outcome: int | str, expected: float | None
+) -> None:
+    assert wait(outcome, method="POST") == expected
+
+
+def test_on_status_opts_a_post_in_to_retries_on_502() -> None:
+    settings = RetrySettings(max_attempts=3, backoff_seconds=0.2, on_status=[502])
+    assert wait(502, method="POST", settings=settings) == 0.2
+    assert wait(504, method="POST", settings=settings) is None

@@ -165,7 +165,7 @@ class Upstream:
                 outcome = endpoints.TIMEOUT if silent else endpoints.CONNECT_ERROR
                 metrics.llm_requests.labels(kind, outcome).inc()
                 self._failed(endpoint)
-                wait = self._retry_wait(attempt, outcome, None, deadline)
+                wait = self._retry_wait(method, attempt, outcome, None, deadline)
                 if wait is None:
                     if silent:
                         raise errors.upstream_timeout(self.settings.timeout_seconds) from None
@@ -179,7 +179,7 @@ class Upstream:
             else:
                 self.endpoints.succeeded(endpoint)
                 metrics.upstream_up.labels(endpoint.label).set(1)
-            wait = self._retry_wait(attempt, response.status, response.headers, deadline)
+            wait = self._retry_wait(method, attempt, response.status, response.headers, deadline)
             if wait is None:
                 return Call(kind, response, started)
             response.release()
@@ -188,6 +188,7 @@ class Upstream:
 
     def _retry_wait(
         self,
+        method: str,
         attempt: int,
         outcome: int | str,
         headers: CIMultiDictProxy[str] | None,
@@ -198,6 +199,7 @@ class Upstream:
             attempt,
             outcome,
             headers,
+            method=method,
             now=time.time(),
             remaining=deadline - time.monotonic(),
         )

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from sluice.api import HealthSettings, RetrySettings
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+MAY_HAVE_WORKED = frozenset({502, 504})
+"""Statuses that can come after the upstream did the work: a retried POST could bill twice."""
 TIMEOUT, CONNECT_ERROR = "timeout", "error"
 """Outcomes of an attempt that got no status: the upstream was silent, or unreachable."""
 
@@ -113,6 +115,7 @@ def retry_wait(
     outcome: int | str,
     headers: Mapping[str, str] | None,
     *,
+    method: str,
     now: float,
     remaining: float,
     rand: Callable[[], float] = random.random,
@@ -120,12 +123,15 @@ def retry_wait(
     """Seconds to wait before retrying attempt `attempt`, whose `outcome` was a status code,
     `TIMEOUT` or `CONNECT_ERROR`; None when it must not be retried.
 
-    A timeout is never retried: the upstream may be working on it, and a retry could bill twice.
-    `now` is wall-clock time (for an HTTP-date `Retry-After`); `remaining` the retry budget left.
+    A timeout is never retried, nor a POST's 502 or 504 unless `onStatus` names it: the upstream
+    may have done the work, and a retry could bill twice. `now` is wall-clock time (for an
+    HTTP-date `Retry-After`); `remaining` the retry budget left.
     """
     if outcome == TIMEOUT or attempt >= settings.max_attempts:
         return None
     if outcome != CONNECT_ERROR and outcome not in RETRYABLE_STATUSES:
+        return None
+    if method == "POST" and outcome in MAY_HAVE_WORKED and outcome not in settings.on_status:
         return None
     server_wait = retry_after_seconds(headers, now) if headers is not None else None
     wait = backoff(attempt, settings, server_wait, rand)
