@@ -62,3 +62,27 @@ def test_invalid_config_exits_2_with_one_line(
     assert done.stderr.count("\n") == 1
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["--scrape-interval", "0"], "--scrape-interval", id="interval-0"),
+        pytest.param(["--scrape-interval", "nan"], "--scrape-interval", id="interval-nan"),
+        pytest.param(["--namespace", "Team_A"], "--namespace", id="namespace"),
+    ],
+)
+def test_invalid_operator_flags_exit_2_with_one_line_before_any_connection(
+    argv: list[str], expected: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sluice", "operator", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "", "KUBECONFIG": "/nonexistent"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert expected in done.stderr

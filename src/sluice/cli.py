@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--health-port", type=int, default=8080, help="liveness /healthz port")
     operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port")
     operator.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often the proxies' /metrics are read into the policies' status (default 60)",
+    )
+    operator.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     operator.set_defaults(run=run_operator)
@@ -109,12 +116,15 @@ def run_operator(args: argparse.Namespace) -> int:
     for namespace in args.namespaces:
         if not DNS_LABEL.fullmatch(namespace):
             raise api.ConfigError(f"--namespace {namespace!r}: not a namespace name")
+    if not args.scrape_interval > 0:  # also refuses NaN
+        raise api.ConfigError(f"--scrape-interval {args.scrape_interval}: must be above 0")
     chosen = options.Options(
         namespaces=tuple(args.namespaces),
         proxy_image=args.proxy_image or options.default_image(),
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
+        scrape_interval_seconds=args.scrape_interval,
     )
     runner.run(chosen)
     return 0

@@ -101,11 +101,14 @@ def test_cross_field_rules_sit_on_the_objects_they_compare() -> None:
     assert any("self.endpoints" in rule and "self.url" in rule for rule in rules["upstream"])
 
 
+EXTRA_COLUMNS = {"LLMBatchPolicy": [], "ToolCachePolicy": ["Servers", "Tools"]}
+
+
 def test_names_scope_and_columns() -> None:
     by_kind = {crd["spec"]["names"]["kind"]: crd for crd in crds.definitions()}
     assert by_kind["LLMBatchPolicy"]["spec"]["names"]["shortNames"] == ["lbp"]
     assert by_kind["ToolCachePolicy"]["spec"]["names"]["shortNames"] == ["tcp"]
-    for crd in by_kind.values():
+    for kind, crd in by_kind.items():
         spec = crd["spec"]
         assert (spec["group"], spec["scope"], spec["names"]["categories"]) == (
             "sluice.dev", "Namespaced", ["sluice"],
@@ -113,7 +116,21 @@ def test_names_scope_and_columns() -> None:
         version = spec["versions"][0]
         assert (version["name"], version["subresources"]) == ("v1alpha1", {"status": {}})
         columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-        assert columns == ["Ready", "Endpoint", "Replicas", "Hit ratio", "Age"]
+        assert columns == [
+            "Ready",
+            "Endpoint",
+            "Replicas",
+            "Hit ratio",
+            *EXTRA_COLUMNS[kind],
+            "Age",
+        ]
+
+
+def test_only_the_tool_cache_policy_status_has_servers_and_tools() -> None:
+    status = {kind: schema["properties"]["status"]["properties"] for kind, schema in schemas()}
+    assert {"servers", "tools"} <= set(status["ToolCachePolicy"])
+    assert not {"servers", "tools"} & set(status["LLMBatchPolicy"])
+    assert status["ToolCachePolicy"]["servers"]["pattern"] == "^[0-9]+/[0-9]+$"
 
 
 def test_sluice_crds_prints_both_definitions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -158,5 +158,4 @@ def example_policies() -> list[Any]:
 
 @pytest.mark.parametrize("document", example_policies())
 def test_every_example_policy_is_valid(document: dict[str, Any]) -> None:
-    model = {"LLMBatchPolicy": api.LLMBatchPolicySpec, "ToolCachePolicy": api.ToolCachePolicySpec}
-    model[document["kind"]].model_validate(document.get("spec", {}))
+    policies.KINDS[document["kind"]].spec.model_validate(document.get("spec", {}))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,8 @@ import pytest
 import yaml
 
 from sluice.api import crds as generated
+from sluice.operator import metrics as operator_metrics
+from sluice.proxy import metrics as proxy_metrics
 from tests.support import controlplane as cp
 from tests.support import operator as op
 
@@ -191,8 +195,11 @@ def test_the_operator_runs_with_exactly_the_charts_rbac(
     finally:
         process.stop()
         plane.kubectl("delete", "namespace", workload, "--wait=false")
-    # kopf says APIForbiddenError, the operator's own client "HTTP 403 Forbidden".
-    assert "forbidden" not in process.log().lower()
+    # kopf says APIForbiddenError, the operator's own client "HTTP 403 Forbidden". A namespace
+    # that another test is deleting refuses new objects with a 403 too: no gap in the RBAC.
+    lines = process.log().lower().splitlines()
+    denied = [line for line in lines if "forbidden" in line and "being terminated" not in line]
+    assert not denied
 
 
 @pytest.mark.parametrize(
@@ -227,15 +234,58 @@ def test_namespaced_rbac_reaches_only_the_namespaces_named(
     assert not can_i(controlplane, "kube-system", system_namespace, "patch", "deployments.apps")
 
 
-def test_dashboard_is_valid_json_and_uses_only_the_proxys_metric_names() -> None:
-    dashboard: dict[str, Any] = json.loads(
-        (CHART / "files/dashboards/sluice-proxies.json").read_text()
+# The series a metric family exposes, by type; `_created` is turned off on both sides.
+SERIES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+METRIC = re.compile(r"\bsluice_[a-z0-9_]+\b")
+
+
+def series_names(module: types.ModuleType) -> set[str]:
+    """Every series the metrics declared in `module` expose, whether they have samples or not."""
+    names: set[str] = set()
+    for value in vars(module).values():
+        describe = getattr(value, "describe", None)
+        if isinstance(value, type) or not callable(describe):
+            continue
+        for family in describe():
+            names |= {family.name + suffix for suffix in SERIES[family.type]}
+    return names
+
+
+def promql() -> list[Any]:
+    """Every PromQL expression of the chart, with the series it may name: the dashboard's and
+    the rules' (read from the template's text: it is a Go template, YAML only once rendered)."""
+    proxy, operator = series_names(proxy_metrics), series_names(operator_metrics)
+    dashboard = json.loads((CHART / "files/dashboards/sluice-proxies.json").read_text())
+    found = [
+        pytest.param(target["expr"], proxy, id=f"dashboard/{panel['title']}/{target['refId']}")
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    template = (CHART / "templates/proxies-prometheusrule.yaml").read_text()
+    groups = re.split(r"^    - name: (\S+)\n", template, flags=re.MULTILINE)
+    allowed = {"sluice-proxies": proxy, "sluice-mcp": proxy, "sluice-operator": operator}
+    for group, body in zip(groups[1::2], groups[2::2], strict=True):
+        rules = re.findall(r"- alert: (\S+)\n(?:\s*#.*\n)*\s*expr: \|\n((?: {12}.*\n)+)", body)
+        assert len(rules) == body.count("- alert:"), f"an alert of {group} was not read"
+        found += [pytest.param(expr, allowed[group], id=f"rules/{alert}") for alert, expr in rules]
+    return found
+
+
+@pytest.mark.parametrize(("expression", "series"), promql())
+def test_each_promql_expression_of_the_chart_names_only_series_sluice_exports(
+    expression: str, series: set[str]
+) -> None:
+    """Pure, no cluster: a renamed metric or a missing `_total` shows here, not as a blank panel."""
+    named = set(METRIC.findall(expression))
+    assert named, "no sluice metric in it"
+    assert named <= series, f"not exported: {sorted(named - series)}"
+
+
+def test_the_dashboard_has_an_mcp_row_and_the_rules_alert_on_mcp_servers() -> None:
+    dashboard = json.loads((CHART / "files/dashboards/sluice-proxies.json").read_text())
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert "MCP" in rows
+    template = (CHART / "templates/proxies-prometheusrule.yaml").read_text()
+    assert {"SluiceMCPServerDown", "SluiceToolCallFailureRate"} <= set(
+        re.findall(r"- alert: (\S+)", template)
     )
-    metrics_source = (cp.REPO / "src/sluice/proxy/metrics.py").read_text()
-    expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    assert expressions
-    for expression in expressions:
-        for name in {w for w in expression.replace("(", " ").replace("{", " ").split()
-                     if w.startswith("sluice_")}:  # fmt: skip
-            base = name.removesuffix("_bucket")
-            assert f'"{base}"' in metrics_source, f"{name} is not a proxy metric"

@@ -3,16 +3,22 @@
 One `sluice operator` subprocess (tests/support/operator.py) serves the whole module, signed in
 as the control plane's admin; test_chart.py runs one with exactly the chart's RBAC. kwok marks
 the proxy pods Ready, so Deployments become Available without a kubelet; the last test runs
-the ConfigMap the operator rendered through a real `sluice proxy` on loopback instead.
+the ConfigMap the operator rendered through a real `sluice proxy` on loopback instead. For the
+status the operator reads from pods' own `/metrics`, a test moves kwok's pods onto loopback
+addresses (their `status.podIP`), where it serves their pages itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import pathlib
+import random
+import re
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +27,7 @@ import pytest
 import yaml
 
 from sluice.api import policies
-from sluice.operator import hitratio, proxyconfig, resources
+from sluice.operator import podmetrics, proxyconfig, resources
 from tests.support import controlplane as cp
 from tests.support import operator as op
 from tests.support.proxy import ProxyFactory, free_port
@@ -331,5 +337,104 @@ def test_the_config_map_the_operator_rendered_runs_a_real_proxy(
 
 
 async def scrape(url: str) -> float | None:
+    caches = policies.KINDS["LLMBatchPolicy"].caches
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        return await hitratio.scrape(session, [url])
+        pages = await podmetrics.scrape(session, [url], caches)
+    ratio: float | None = podmetrics.combine(pages, None).get("hitRatio")
+    return ratio
+
+
+PodPage = Callable[[dict[str, Any], str], None]
+
+
+@pytest.fixture
+def pod_page(operator: op.OperatorProcess, namespace: str) -> Iterator[PodPage]:
+    """Serve a `/metrics` page for a pod: on a loopback address, which becomes the pod's IP.
+
+    kwok's pod IPs lead nowhere, and the operator reads every pod at the proxy's port; any
+    127.x.y.z is this host, so the pod is moved onto a fresh one of those (kwok leaves a Running
+    pod's status alone) and the page is served there, on the proxy's port.
+    """
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(pod: dict[str, Any], page: str) -> None:
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page.encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:  # the operator reads it every second
+                pass
+
+        ip = f"127.{random.randrange(1, 255)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+        server = http.server.ThreadingHTTPServer((ip, proxyconfig.PORT), Page)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        moved = {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}
+        name = pod["metadata"]["name"]
+        operator.plane.kubectl("-n", namespace, "patch", f"pod/{name}", "--subresource=status",
+                               "--type=merge", "-p", json.dumps(moved))  # fmt: skip
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def gateway_page(
+    up: dict[str, int], tools: dict[str, int], lookups: dict[tuple[str, str], int]
+) -> str:
+    """What a gateway's `/metrics` says, in the names sluice.proxy.metrics declares."""
+    lines = ["# TYPE sluice_mcp_upstream_up gauge"]
+    lines += [f'sluice_mcp_upstream_up{{server="{name}"}} {value}' for name, value in up.items()]
+    lines += ["# TYPE sluice_mcp_tools gauge"]
+    lines += [f'sluice_mcp_tools{{server="{name}"}} {value}' for name, value in tools.items()]
+    lines += ["# TYPE sluice_cache_requests_total counter"]
+    lines += [
+        f'sluice_cache_requests_total{{cache="{cache}",result="{result}"}} {value}'
+        for (cache, result), value in lookups.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_tool_policys_status_shows_its_servers_and_tools_as_its_pods_metrics_say(
+    operator: op.OperatorProcess, namespace: str, pod_page: PodPage
+) -> None:
+    plane = operator.plane
+    servers = [{"name": name, "url": f"http://{name}.tools:8080/mcp"} for name in ("a", "b", "c")]
+    spec = {"servers": servers, "proxy": {"replicas": 2}}
+    op.apply(plane, namespace, {"apiVersion": "sluice.dev/v1alpha1", "kind": "ToolCachePolicy",
+                                "metadata": {"name": "tools"}, "spec": spec})  # fmt: skip
+    op.ready_policy(plane, namespace, "tcp", "tools")
+    selector = resources.label_selector("ToolCachePolicy", "tools")
+    pods = json.loads(
+        plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout
+    )["items"]
+    assert len(pods) == 2
+
+    # Both pods reach a; the second finds b down; neither has contacted c yet. The chat
+    # look-ups are not this kind's and do not count.
+    first = {("tools_list", "hit"): 3, ("tools_list", "miss"): 1, ("chat", "hit"): 90}
+    second = {("tool_results", "hit"): 1, ("tool_results", "miss"): 3}
+    pod_page(pods[0], gateway_page({"a": 1, "b": 1}, {"a": 3, "b": 4}, first))
+    pod_page(pods[1], gateway_page({"a": 1, "b": 0}, {"a": 3, "b": 4}, second))
+
+    def shown() -> dict[str, Any] | None:
+        status = (op.get(plane, namespace, "tcp/tools") or {}).get("status", {})
+        return status if status.get("servers") == "1/3" else None
+
+    status = op.wait_for("servers 1/3 in the status", shown)
+    assert (status["tools"], status["hitRatio"]) == (7, 0.5)
+    # kubectl pads columns with at least three spaces; "HIT RATIO" has one.
+    table = plane.kubectl("-n", namespace, "get", "tcp", "tools").stdout.splitlines()
+    header, row = (re.split(r"\s{2,}", line.strip()) for line in table[:2])
+    columns = dict(zip(header, row, strict=True))
+    del columns["AGE"]
+    assert columns == {
+        "NAME": "tools", "READY": "True", "ENDPOINT": status["endpoint"], "REPLICAS": "2",
+        "HIT RATIO": "0.5", "SERVERS": "1/3", "TOOLS": "7",
+    }  # fmt: skip

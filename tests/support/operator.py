@@ -59,6 +59,8 @@ class OperatorProcess:
     namespaces: tuple[str, ...] = ()
     health_port: int = dataclasses.field(default_factory=free_port)
     metrics_port: int = dataclasses.field(default_factory=free_port)
+    # Seconds between reads of the proxy pods' /metrics: short, so a test sees them in a status.
+    scrape_interval: float = 1.0
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +73,7 @@ class OperatorProcess:
             f"--proxy-image={PROXY_IMAGE}",
             f"--health-port={self.health_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--scrape-interval={self.scrape_interval}",
             *(f"--namespace={namespace}" for namespace in self.namespaces),
         ]  # fmt: skip
         kubeconfig = self.kubeconfig or self.plane.kubeconfig

@@ -95,7 +95,7 @@ The rules of the operator's role: exactly what it reads, applies and deletes.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Ready proxy pods are listed for their IPs, to read the cache hit ratio.
+# Ready proxy pods are listed for their IPs, to read their metrics (hit ratio, MCP servers, tools).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

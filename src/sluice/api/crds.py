@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from sluice.api import policies
-from sluice.api.base import Model
 
 Schema = dict[str, Any]
 
@@ -103,12 +102,12 @@ def unwrap(text: str) -> str:
     return re.sub(r"(?<!\n)\n(?!\n)", " ", text.strip())
 
 
-def root_schema(spec: type[Model], spec_required: bool) -> Schema:
+def root_schema(of: policies.Kind) -> Schema:
     """The `openAPIV3Schema` of one kind: apiVersion, kind, metadata, spec and status."""
-    spec_schema = structural(spec.model_json_schema(by_alias=True))
-    if not spec_required:
+    spec_schema = structural(of.spec.model_json_schema(by_alias=True))
+    if not of.spec_required:
         spec_schema["default"] = {}
-    status_schema = structural(policies.PolicyStatus.model_json_schema(by_alias=True))
+    status_schema = structural(of.status.model_json_schema(by_alias=True))
     root: Schema = {
         "type": "object",
         "description": spec_schema["description"],
@@ -122,19 +121,21 @@ def root_schema(spec: type[Model], spec_required: bool) -> Schema:
         },
         "x-kubernetes-validations": [DNS_LABEL_RULE],
     }
-    if spec_required:
+    if of.spec_required:
         root["required"] = ["spec"]
     return root
 
 
-def printer_columns() -> list[dict[str, Any]]:
-    """`kubectl get` columns: Ready, Endpoint, Replicas, Hit ratio, Age (and Reason in -o wide)."""
+def printer_columns(of: policies.Kind) -> list[dict[str, Any]]:
+    """`kubectl get` columns: Ready, Endpoint, Replicas, Hit ratio, the kind's own, Age (and
+    Reason in -o wide)."""
     ready = '.status.conditions[?(@.type=="Ready")]'
     return [
         {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Hit ratio", "type": "number", "jsonPath": ".status.hitRatio"},
+        *of.columns,
         {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -142,8 +143,7 @@ def printer_columns() -> list[dict[str, Any]]:
 
 def definition(of: policies.Kind) -> dict[str, Any]:
     """One namespaced CustomResourceDefinition in group `sluice.dev`, version `v1alpha1`."""
-    kind, plural, short_name, spec = of.kind, of.plural, of.short_name, of.spec
-    spec_required = of.spec_required
+    kind, plural, short_name = of.kind, of.plural, of.short_name
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -164,9 +164,9 @@ def definition(of: policies.Kind) -> dict[str, Any]:
                     "name": policies.VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": root_schema(spec, spec_required)},
+                    "schema": {"openAPIV3Schema": root_schema(of)},
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": printer_columns(),
+                    "additionalPrinterColumns": printer_columns(of),
                 }
             ],
         },

@@ -303,6 +303,20 @@ class PolicyStatus(Model):
     started; unset until the proxies have served a look-up."""
 
 
+class ToolCachePolicyStatus(PolicyStatus):
+    """What the operator made of the policy, and what its proxies' metrics say of its servers."""
+
+    servers: str | None = Field(default=None, pattern=r"^[0-9]+/[0-9]+$", max_length=16)
+    """Servers up over servers named, as `ready/total` (for example `2/3`). A server counts as
+    up when every ready proxy pod that has contacted it finds it answering (a caller may land on
+    any pod); one that no pod has contacted yet does not count. Unset until the proxies' own
+    metrics have been read."""
+    tools: int | None = Field(default=None, ge=0)
+    """Tools the endpoint lists: for each server named, the most tools any ready proxy pod holds
+    in its last good list of that server (pods refresh their lists at different times; a server
+    that is down still has its last list served), summed over the servers."""
+
+
 # --- The resources as the operator reads them -----------------------------------------------
 
 
@@ -357,30 +371,43 @@ class Kind:
     model: type[LLMBatchPolicy] | type[ToolCachePolicy]
     spec: type[Model]
     spec_required: bool
+    status: type[PolicyStatus]
+    caches: frozenset[str]
+    """The `cache` labels of the proxy's `sluice_cache_requests_total` its hit ratio counts."""
+    columns: tuple[dict[str, str], ...] = ()
+    """`kubectl get` columns of its own, shown after the hit ratio."""
 
 
 KINDS: dict[str, Kind] = {
     kind.kind: kind
     for kind in (
         Kind(
-            "LLMBatchPolicy",
-            "llmbatchpolicies",
-            "lbp",
-            "llm",
-            "/v1",
-            LLMBatchPolicy,
-            LLMBatchPolicySpec,
-            False,
+            kind="LLMBatchPolicy",
+            plural="llmbatchpolicies",
+            short_name="lbp",
+            suffix="llm",
+            endpoint_path="/v1",
+            model=LLMBatchPolicy,
+            spec=LLMBatchPolicySpec,
+            spec_required=False,
+            status=PolicyStatus,
+            caches=frozenset({"chat", "completions", "embeddings"}),
         ),
         Kind(
-            "ToolCachePolicy",
-            "toolcachepolicies",
-            "tcp",
-            "mcp",
-            "/mcp",
-            ToolCachePolicy,
-            ToolCachePolicySpec,
-            True,
+            kind="ToolCachePolicy",
+            plural="toolcachepolicies",
+            short_name="tcp",
+            suffix="mcp",
+            endpoint_path="/mcp",
+            model=ToolCachePolicy,
+            spec=ToolCachePolicySpec,
+            spec_required=True,
+            status=ToolCachePolicyStatus,
+            caches=frozenset({"tools_list", "tool_results"}),
+            columns=(
+                {"name": "Servers", "type": "string", "jsonPath": ".status.servers"},
+                {"name": "Tools", "type": "integer", "jsonPath": ".status.tools"},
+            ),
         ),
     )
 }

@@ -3,8 +3,9 @@
 * A policy created, changed, or found at start-up: reconcile it.
 * An owned Deployment, ConfigMap, Service or PodDisruptionBudget changed (status or someone's
   edit): reconcile its policy, which re-applies what drifted and refreshes the status.
-* Every minute, in one background loop: read each policy's proxies' hit ratio into its status
-  (`hitratio`; kopf indexes list the policies, since a kopf timer would add a finalizer).
+* Every minute (`--scrape-interval`), in one background loop: read each policy's proxies' own
+  metrics into its status: hit ratio, and for a ToolCachePolicy its servers up and tools
+  (`podmetrics`; kopf indexes list the policies, since a kopf timer would add a finalizer).
 * Signing in: one login function (`kube.login`) for kopf and for the operator's own calls.
 
 The handlers register with this module's own `registry` (not kopf's global default), which
@@ -24,13 +25,11 @@ import aiohttp
 import kopf
 
 from sluice.api import policies
-from sluice.operator import hitratio, kube, metrics, options, reconcile, resources, status
+from sluice.operator import kube, metrics, options, podmetrics, reconcile, resources, status
 
 GROUP, VERSION = policies.GROUP, policies.VERSION
 LLM, MCP = (policies.KINDS[kind].plural for kind in ("LLMBatchPolicy", "ToolCachePolicy"))
 PLURALS = (LLM, MCP)
-
-INTERVAL = options.HIT_RATIO_INTERVAL_SECONDS
 
 registry = kopf.OperatorRegistry()
 
@@ -55,7 +54,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     chosen: options.Options = memo.options
     options.configure(settings)
     client = kube.Client(settings, logger)
-    timeout = aiohttp.ClientTimeout(total=options.HIT_RATIO_SCRAPE_TIMEOUT_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=options.SCRAPE_TIMEOUT_SECONDS)
     server, _thread = metrics.serve(chosen.metrics_port)
     memo.runtime = Runtime(
         client=client,
@@ -81,19 +80,22 @@ async def crds_served(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.startup(registry=registry)
-async def start_hit_ratios(memo: kopf.Memo, **kwargs: Any) -> None:
-    """One loop refreshes every policy's hit ratio; the indexes say which policies exist."""
-    indexes: tuple[kopf.Index[hitratio.Key, float | None], ...] = (
+async def start_pod_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
+    """One loop refreshes every policy's status from its pods; the indexes list the policies."""
+    indexes: tuple[kopf.Index[podmetrics.Key, podmetrics.Known], ...] = (
         kwargs["llm_policies"],  # kopf passes each index by its handler's name
         kwargs["tool_policies"],
     )
 
-    def known() -> list[tuple[hitratio.Key, float | None]]:
-        return [(key, next(iter(store), None)) for i in indexes for key, store in i.items()]
+    def known() -> list[tuple[podmetrics.Key, podmetrics.Known]]:
+        return [(key, policy) for i in indexes for key, store in i.items() for policy in store]
 
     state = runtime(memo)
-    loop = hitratio.refresh_forever(state.client, state.scraper, known, INTERVAL)
-    state.tasks.append(asyncio.create_task(loop, name="hit ratios"))
+    chosen: options.Options = memo.options
+    loop = podmetrics.refresh_forever(
+        state.client, state.scraper, known, chosen.scrape_interval_seconds
+    )
+    state.tasks.append(asyncio.create_task(loop, name="pod metrics"))
 
 
 @kopf.on.cleanup(registry=registry)
@@ -142,13 +144,13 @@ for child in options.CHILDREN:  # the API server filters them too: options.MANAG
 
 
 @kopf.index(GROUP, VERSION, LLM, registry=registry)
-def llm_policies(body: kopf.Body, **_: Any) -> dict[hitratio.Key, float | None]:
-    return hitratio.index_entry(body)
+def llm_policies(body: kopf.Body, **_: Any) -> dict[podmetrics.Key, podmetrics.Known]:
+    return podmetrics.index_entry(body)
 
 
 @kopf.index(GROUP, VERSION, MCP, registry=registry)
-def tool_policies(body: kopf.Body, **_: Any) -> dict[hitratio.Key, float | None]:
-    return hitratio.index_entry(body)
+def tool_policies(body: kopf.Body, **_: Any) -> dict[podmetrics.Key, podmetrics.Known]:
+    return podmetrics.index_entry(body)
 
 
 def report(body: Mapping[str, Any], outcome: reconcile.Outcome) -> None:

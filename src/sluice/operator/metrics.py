@@ -41,9 +41,10 @@ api_errors = Counter(
     "Calls to the Kubernetes API that failed, by HTTP status (0: no answer).",
     ["status"],
 )
-hit_ratio_scrapes = Counter(
-    "sluice_operator_hit_ratio_scrapes_total",
-    "Scrapes of proxy pods' /metrics for the policies' hit ratio, by result (ok, failed).",
+status_scrapes = Counter(
+    "sluice_operator_status_scrapes_total",
+    "Scrapes of proxy pods' /metrics for the policies' status (hit ratio; MCP servers and "
+    "tools), by result (ok, failed: no answer in time, or no exposition).",
     ["result"],
 )
 

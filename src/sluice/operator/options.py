@@ -18,8 +18,7 @@ from sluice.operator import resources
 DEFAULT_IMAGE = "ghcr.io/sluice-dev/sluice"
 # A missing Secret is re-checked this often until it appears.
 RETRY_DELAY_SECONDS = 15.0
-HIT_RATIO_INTERVAL_SECONDS = 60.0
-HIT_RATIO_SCRAPE_TIMEOUT_SECONDS = 2.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
 CRD_WAIT_SECONDS = 60.0
 
 
@@ -47,6 +46,8 @@ class Options:
     health_port: int = 8080
     metrics_port: int = 9090
     log_level: str = "info"
+    # How often the proxy pods' /metrics are read into the policies' status (`podmetrics`).
+    scrape_interval_seconds: float = 60.0
 
     @property
     def liveness_endpoint(self) -> str:

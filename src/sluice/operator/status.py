@@ -149,7 +149,8 @@ def compute(
     """The status to write for a policy object, as camelCase JSON.
 
     From the raw object rather than the model: a spec that fails validation gets a status too.
-    `hitRatio` is left out: the hit-ratio timer writes it, and a merge patch keeps it.
+    `hitRatio`, `servers` and `tools` are left out: `podmetrics` writes them from the pods'
+    own metrics, and a merge patch keeps them.
     """
     meta = body["metadata"]
     generation = meta.get("generation", 0)
