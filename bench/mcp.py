@@ -14,8 +14,12 @@ Sluice (pinned to core 0) caches each server's list and merges them as `<server>
 
 * raw rows: the stateless 2026-07-28 POST the SDK sends, from aiohttp (one connection,
   sequential calls), and from wrk (32 connections, core 1) for lists/s and proxy CPU per list;
-* client rows: `mcp.Client` through Sluice vs the same client to an undelayed server. Every
-  answer here says `ttlMs: 0`, so the client's own response cache never answers for the wire;
+  the cold target is judged against the slowest server measured alone with the same POST;
+* client rows: `mcp.Client` through Sluice vs the same client to an undelayed server of three
+  tools (the target's baseline) and to one listing the same 30 tools Sluice merges (what the
+  client's own per-tool work costs), measured in alternating blocks. Every answer here says
+  `ttlMs: 0`, so the client's response cache never answers for the wire. The client is warmed
+  up in-process first (imports, pydantic schemas) so no cold number pays for it;
 * peers: the client fanning out itself (`mcp.ClientSessionGroup`, the SDK's aggregator, which
   connects one server after another and re-lists through each session; and 10 `mcp.Client`s
   gathered), and fastmcp's `create_proxy` over an `MCPConfig` of the 10 servers (pinned
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import shutil
 import statistics
@@ -349,19 +354,31 @@ def sluice_rows(
             return float(run(measure(proxy.url)))
 
     slowest = Row(f"direct: raw stateless POST, the slowest server ({SLOWEST_MS} ms) alone")
-    slowest.cold, slowest.warm = run(raw_server(servers.delayed[-1], plan.peer_calls))
-    raw = Row("sluice: raw stateless POST (aiohttp, sequential)")
-    raw.cold = median_cold(plan, lambda: cold(raw_cold))
-    raw.target = f"cold ≤ {SLOWEST_MS + 10} ms, p50 ≤ 1 ms"
+    slowest_cold, slowest.warm = run(raw_server(servers.delayed[-1], plan.peer_calls))
+    raw_cold_seconds = median_cold(plan, lambda: cold(raw_cold))
+    slowest.cold = slowest_cold
+    raw = Row("sluice: raw stateless POST (aiohttp, sequential)", cold=raw_cold_seconds)
     slowest.baseline = raw
-    rows, by_mode = [slowest, raw], {}
+    rows = [slowest, raw]
+    by_mode: dict[str, Row] = {}
     for mode in MODES:
+
+        def through_client(url: str, m: Mode = mode) -> Awaitable[float]:
+            return client_cold(url, m, "sluice")
+
         row = Row(f"sluice: mcp.Client {mode}, 10 servers merged")
-        row.cold = median_cold(plan, lambda m=mode: cold(lambda u: client_cold(u, m, "sluice")))
+        row.cold = median_cold(plan, functools.partial(cold, through_client))
         by_mode[mode] = row
     with sluice(servers, cpu="0") as proxy:
         run(raw_cold(proxy.url))  # every server's list cached: warm from here on
-        raw.warm = run(raw_warm(proxy.url, plan.raw_calls))
+        raw.warm = raw_warm_result = run(raw_warm(proxy.url, plan.raw_calls))
+        added = raw_cold_seconds - slowest_cold
+        raw.target = "; ".join(
+            [
+                judge(added <= 0.010, f"cold ≤ slowest alone + 10 ms ({added * 1000:+.1f})"),
+                judge(raw_warm_result.p50 <= 0.001, "p50 ≤ 1 ms"),
+            ]
+        )
         cache_hits.wrk(proxy.url, BODY, 1, connections, WRK_HEADERS)  # warm the connections
         before = common.cpu_seconds(proxy.pid)
         rate, total, errors = cache_hits.wrk(
@@ -375,7 +392,8 @@ def sluice_rows(
             warm = run(clients_warm(urls, mode, plan.client_calls))
             by_mode[mode].warm = warm["sluice"]
             direct = Row(f"direct: mcp.Client {mode}, ONE server, no delay", warm=warm["direct"])
-            direct.baseline, direct.target = by_mode[mode], "sluice ÷ this ≤ 1 (warm)"
+            direct.baseline = by_mode[mode]
+            direct.target = judge(warm["sluice"].mean <= warm["direct"].mean, "sluice no slower")
             wide = Row(f"direct: mcp.Client {mode}, ONE server of the same 30 tools")
             wide.warm, wide.baseline = warm["wide"], by_mode[mode]
             rows += [by_mode[mode], direct, wide]
@@ -384,7 +402,7 @@ def sluice_rows(
         f"{rate:,.0f}",
         f"{cpu_us:.0f}",
         str(errors),
-        "≥ 5,000/s",
+        judge(rate >= 5000, "≥ 5,000/s"),
     ]
     return rows, by_mode, throughput
 
@@ -427,6 +445,10 @@ def ratio(ours: float | None, theirs: float | None) -> str:
         return "-"
     share = ours / theirs
     return f"{share:.2f}x" if share >= 0.01 else f"{share:.4f}x"
+
+
+def judge(met: bool, target: str) -> str:
+    return f"{target}: {'met' if met else 'MISSED'}"
 
 
 def latency_cells(row: Row) -> list[str]:
