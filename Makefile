@@ -44,6 +44,7 @@ bench:
 	$(PYTHON) -m bench.stack
 	$(PYTHON) -m bench.batching
 	$(PYTHON) -m bench.cache_hits
+	$(PYTHON) -m bench.mcp
 
 ## cluster-up / cluster-down: the tests' control plane, in the background, for people
 cluster-up:

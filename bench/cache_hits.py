@@ -67,9 +67,19 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-def wrk(url: str, body: bytes | None, seconds: int, connections: int) -> tuple[float, int, int]:
-    """(requests/s, requests, non-2xx) from wrk on core 1, POSTing `body` (GET when None)."""
+def wrk(
+    url: str,
+    body: bytes | None,
+    seconds: int,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> tuple[float, int, int]:
+    """(requests/s, requests, non-2xx) from wrk on core 1, POSTing `body` (GET when None), with
+    `headers` besides the bearer token."""
     script = 'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
+    for name, value in (headers or {}).items():
+        # The spaces matter: `headers[[==[` would open a long string, not index the table.
+        script += f"wrk.headers[ {lua_string(name.encode())} ] = {lua_string(value.encode())}\n"
     if body is not None:
         script += (
             'wrk.method = "POST"\n'

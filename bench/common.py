@@ -67,6 +67,10 @@ def spawn(command: list[str], ready_url: str, cpu: str | None = None) -> subproc
     except RuntimeError:
         process.kill()
         raise RuntimeError(process.communicate()[1].decode()[-2000:]) from None
+    except BaseException:  # Ctrl-C while waiting: nobody else holds the process to stop it
+        process.kill()
+        process.wait()
+        raise
     return process
 
 
@@ -145,6 +149,10 @@ class Result:
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.latencies)
 
     @property
     def p50(self) -> float:
