@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.controlplane",
     "tests.support.toolservers",
+    "tests.support.mcp",
 ]
 
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from mcp.shared.exceptions import MCPError
 
+from tests.support.mcp import BridgedServer, McpServer
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 from tests.support.redis import RedisServer
 from tests.support.toolservers import ToolServer
@@ -387,3 +388,51 @@ async def test_hostile_servers_leave_the_proxy_answering_the_others(
         assert proxy.metric("process_resident_memory_bytes") < 512 * 1024 * 1024
     finally:
         await runner.cleanup()
+
+
+# --- third-party servers, and a server whose list changes on demand -----------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_third_party_servers_from_pypi_are_served_through_the_gateway(
+    start_proxy: ProxyFactory, mcp_time: BridgedServer, mcp_fast: McpServer, mode: str
+) -> None:
+    """mcp-server-time behind mcp-proxy (mcp 1.x: the handshake only) and a fastmcp server."""
+    section = {
+        "servers": [{"name": "time", "url": mcp_time.url}, {"name": "fast", "url": mcp_fast.url}]
+    }
+    proxy = start_proxy({"mcp": section, "admin": {"port": free_port()}})
+    async with mcp.Client(f"{proxy.base}/mcp", mode=mode) as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"time.get_current_time", "time.convert_time", "fast.echo", "fast.add"} <= tools
+        now = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
+        assert not now.is_error, now.content
+        assert orjson.loads(now.content[0].text)["timezone"] == "UTC"  # type: ignore[union-attr]
+        echoed = await client.call_tool("fast.echo", {"text": "through sluice"})
+        assert echoed.content[0].text == "through sluice"  # type: ignore[union-attr]
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert "fast.summarize" in prompts
+
+
+async def test_a_changing_servers_list_changed_refetches_it_once(
+    start_proxy: ProxyFactory, mcp_changing: McpServer
+) -> None:
+    section = {"servers": [{"name": "c", "url": mcp_changing.url}]}
+    proxy = start_proxy({"mcp": section, "admin": {"port": free_port()}})
+    before = await tool_names(proxy)
+    listed = mcp_changing.count("tools/list")
+
+    async def listening() -> bool:
+        return (
+            mcp_changing.count("http:GET") >= 1 or mcp_changing.count("subscriptions/listen") >= 1
+        )
+
+    await eventually(listening)
+    mcp_changing.control("tools", {"add": ["fresh_tool"]})
+
+    async def changed() -> bool:
+        return "c.fresh_tool" in await tool_names(proxy)
+
+    await eventually(changed)
+    assert set(before) < set(await tool_names(proxy))
+    assert mcp_changing.count("tools/list") == listed + 1

@@ -96,6 +96,8 @@ class Session:
 
     id: str
     protocol_version: str
+    context: str
+    """The auth context that made it; only that one may use it."""
     seen: float
     listener: Listener | None = None
 
@@ -109,18 +111,20 @@ class Clients:
         self.listeners: set[Listener] = set()
         self._gauge = metrics.mcp_sessions.labels("client")
 
-    def open(self, protocol_version: str) -> Session:
+    def open(self, protocol_version: str, context: str) -> Session:
         self.expire()
         while len(self.sessions) >= MAX_SESSIONS:
             self.end(next(iter(self.sessions)))
-        session = Session(secrets.token_hex(16), protocol_version, self.clock())
+        session = Session(secrets.token_hex(16), protocol_version, context, self.clock())
         self.sessions[session.id] = session
         self._gauge.set(len(self.sessions))
         return session
 
-    def find(self, session_id: str) -> Session | None:
+    def find(self, session_id: str, context: str) -> Session | None:
         session = self.sessions.get(session_id)
-        if session is None or self.clock() - session.seen > IDLE_SECONDS:
+        if session is None or session.context != context:
+            return None
+        if self.clock() - session.seen > IDLE_SECONDS:
             return None
         session.seen = self.clock()
         self.sessions.move_to_end(session_id)

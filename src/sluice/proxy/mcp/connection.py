@@ -316,14 +316,22 @@ class HTTPConnection:
         """The JSON-RPC messages of an SSE stream, each bounded by `max_bytes`."""
         data: list[bytes] = []
         size = 0
-        buffer = b""
+        # The unfinished line as pieces, joined once it ends: a hostile server's endless line
+        # sent in small chunks costs a list append each, not a copy of all it sent so far.
+        partial: list[bytes] = []
+        partial_size = 0
         async for chunk in reply.content.iter_any():
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            if len(buffer) > self.max_bytes:
-                raise UnavailableError(
-                    f"{self.name} sent an event line over {self.max_bytes} bytes"
-                )
+            if b"\n" not in chunk:
+                partial.append(chunk)
+                partial_size += len(chunk)
+                if partial_size > self.max_bytes:
+                    raise UnavailableError(
+                        f"{self.name} sent an event line over {self.max_bytes} bytes"
+                    )
+                continue
+            text = b"".join([*partial, chunk]) if partial else chunk
+            *lines, rest = text.split(b"\n")
+            partial, partial_size = ([rest], len(rest)) if rest else ([], 0)
             for raw in lines:
                 line = raw.rstrip(b"\r")
                 if line.startswith(b"data:"):

@@ -48,6 +48,7 @@ CAPABILITIES = {
 TOOL_LABELS_PER_SERVER = 64
 """Distinct tool names per server in `sluice_tool_calls_total`; further ones count as `other`."""
 LIST_CHANGED = frozenset(clients.LIST_FILTERS)
+ENVELOPE = "io.modelcontextprotocol/"
 MERGED_MEMO = 256
 """Merged lists remembered (by auth context, era and kind); emptied when full."""
 
@@ -222,7 +223,14 @@ class Gateway:
     ) -> dict[str, Any]:
         """One request to one server, with the caller's progress token mapped both ways."""
         params = dict(params)
-        meta = dict(params.pop("_meta", None) or {})
+        given = params.pop("_meta", None)
+        # The caller's envelope (`io.modelcontextprotocol/*`) described its hop, not ours: the
+        # connection writes its own, and a handshake-era server refuses a 2026-07-28 one.
+        meta = {
+            k: v
+            for k, v in (given.items() if isinstance(given, dict) else ())
+            if not k.startswith(ENVELOPE)
+        }
         token = meta.pop("progressToken", None)
         if meta:
             params["_meta"] = meta
@@ -288,8 +296,10 @@ def headers_of(server: MCPServerConfig, environ: Mapping[str, str]) -> dict[str,
     prefix = server.headers_env_prefix
     if prefix is None:
         return {}
+    # Lower-cased, as the connection's own headers are: `Authorization` from here and
+    # `authorization` from a forwarding caller must be one header, not two.
     return {
-        name[len(prefix) :].replace("_", "-"): value
+        name[len(prefix) :].replace("_", "-").lower(): value
         for name, value in environ.items()
         if name.startswith(prefix) and len(name) > len(prefix)
     }

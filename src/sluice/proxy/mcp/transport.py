@@ -72,10 +72,10 @@ class MCPRoutes:
         except jsonrpc.RPCError as e:
             return failure(400, e)
         if message.method == "initialize":
-            return self.initialize(message)
+            return self.initialize(message, request)
         session_id = request.header(b"mcp-session-id")
         if session_id is not None:
-            session = self.gateway.clients.find(session_id.decode("latin-1"))
+            session = self.find(session_id, request)
             if session is None:
                 error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Session not found")
                 return failure(404, error, message.id)
@@ -98,9 +98,10 @@ class MCPRoutes:
         error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Bad Request: no valid session ID")
         return failure(400, error, message.id)
 
-    def initialize(self, message: jsonrpc.Message) -> Reply:
+    def initialize(self, message: jsonrpc.Message, request: Request) -> Reply:
         result = self.gateway.initialize(message.params)
-        session = self.gateway.clients.open(result["protocolVersion"])
+        context = self.gateway.caller(request.header(b"authorization")).context
+        session = self.gateway.clients.open(result["protocolVersion"], context)
         headers = [JSON, (b"mcp-session-id", session.id.encode())]
         return Reply(200, headers, jsonrpc.result(message.id, result))
 
@@ -150,8 +151,11 @@ class MCPRoutes:
             task.cancel()
 
     def notification(self, message: jsonrpc.Message, session: clients.Session | None) -> None:
-        if message.method == "notifications/cancelled" and session is not None:
-            task = self.inflight.get((session.id, message.params.get("requestId")))  # type: ignore[arg-type]
+        request_id = message.params.get("requestId")
+        if message.method != "notifications/cancelled" or session is None:
+            return
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            task = self.inflight.get((session.id, request_id))
             if task is not None:
                 task.cancel()
 
@@ -266,10 +270,16 @@ class MCPRoutes:
         if session_id is None:
             error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Bad Request: no valid session ID")
             return failure(400, error)
-        session = self.gateway.clients.find(session_id.decode("latin-1"))
+        session = self.find(session_id, request)
         if session is None:
             return failure(404, jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Session not found"))
         return session
+
+    def find(self, session_id: bytes, request: Request) -> clients.Session | None:
+        """The session, if it is this caller's: a session belongs to the credentials that made
+        it, so an id that leaked is no use to anyone else (another caller gets 404)."""
+        context = self.gateway.caller(request.header(b"authorization")).context
+        return self.gateway.clients.find(session_id.decode("latin-1"), context)
 
     def refused(self, request: Request) -> Reply | None:
         """403 for a browser `Origin` the policy does not allow (DNS rebinding)."""
