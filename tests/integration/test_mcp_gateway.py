@@ -436,3 +436,27 @@ async def test_a_changing_servers_list_changed_refetches_it_once(
     await eventually(changed)
     assert set(before) < set(await tool_names(proxy))
     assert mcp_changing.count("tools/list") == listed + 1
+
+
+async def test_list_changed_on_a_sessions_get_stream_refetches_that_server(
+    start_proxy: ProxyFactory, mcp_changing_handshake: McpServer
+) -> None:
+    server = mcp_changing_handshake  # refuses discover: the gateway opens a session and a GET
+    proxy = start_proxy(
+        {"mcp": {"servers": [{"name": "old", "url": server.url}]}, "admin": {"port": free_port()}}
+    )
+    await tool_names(proxy)
+    listed = server.count("tools/list")
+
+    async def listening() -> bool:
+        return server.count("http:GET") >= 1
+
+    await eventually(listening)
+    server.control("tools", {"add": ["fresh_tool"]})
+
+    async def changed() -> bool:
+        return "old.fresh_tool" in await tool_names(proxy)
+
+    await eventually(changed)
+    assert server.count("tools/list") == listed + 1
+    assert server.count("initialize") == 1

@@ -18,6 +18,7 @@ The pytest fixtures (:mod:`.plugin`) are re-exported here: enable them with
 from tests.support.mcp.plugin import (
     McpServers,
     mcp_changing,
+    mcp_changing_handshake,
     mcp_failing,
     mcp_fast,
     mcp_hostile,
@@ -34,6 +35,7 @@ __all__ = [
     "McpServer",
     "McpServers",
     "mcp_changing",
+    "mcp_changing_handshake",
     "mcp_failing",
     "mcp_fast",
     "mcp_hostile",

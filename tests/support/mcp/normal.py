@@ -20,7 +20,16 @@ from mcp.server.context import ServerMiddleware
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
-from tests.support.mcp.control import Action, App, Calls, with_control
+from tests.support.mcp.control import (
+    Action,
+    App,
+    Calls,
+    Receive,
+    Scope,
+    Send,
+    send_json,
+    with_control,
+)
 from tests.support.mcp.sessions import SessionAmnesia
 
 LISTS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list")
@@ -34,6 +43,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttl-ms", type=int, default=0, help="ttlMs on list results")
     parser.add_argument(
         "--cache-scope", choices=["public", "private"], default="private", help="their cacheScope"
+    )
+    parser.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help="refuse 2026-07-28 requests, as a server of the earlier revisions does",
     )
 
 
@@ -124,7 +138,8 @@ def serve_app(
     mcp_app: App = server.streamable_http_app(
         stateless_http=options.stateless, json_response=options.json_response
     )
-    amnesia = SessionAmnesia(wrap(mcp_app) if wrap is not None else mcp_app)
+    inner = wrap(mcp_app) if wrap is not None else mcp_app
+    amnesia = SessionAmnesia(handshake_only(inner) if options.handshake_only else inner)
 
     async def forget_sessions(_: Any) -> dict[str, int]:
         return {"forgotten": amnesia.forget()}
@@ -136,6 +151,21 @@ def serve_app(
 
     all_actions = {"forget-sessions": forget_sessions, **(actions or {})}
     return with_control(amnesia, calls, actions=all_actions, on_reset=reset)
+
+
+def handshake_only(app: App) -> App:
+    """`app` refusing what carries the 2026-07-28 header, as mcp 1.x servers do (400, -32600):
+    clients that probe with `server/discover` fall back to the `initialize` handshake."""
+
+    async def refusing(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        if headers.get(b"mcp-protocol-version") == b"2026-07-28":
+            error = {"code": -32600, "message": "Bad Request: unsupported protocol version"}
+            await send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error})
+            return
+        await app(scope, receive, send)
+
+    return refusing
 
 
 def build(options: argparse.Namespace) -> App:

@@ -25,6 +25,7 @@ SERVERS: dict[str, tuple[str, list[str], str]] = {
     "slow": ("slow", ["--name", "slow", "--list-delay", "1.0"], "/mcp"),
     "failing": ("failing", ["--name", "failing", "--mode", "error"], "/mcp"),
     "changing": ("changing", ["--name", "changing"], "/mcp"),
+    "changing-handshake": ("changing", ["--name", "old", "--handshake-only"], "/mcp"),
     "hostile": ("hostile", [], "/many/mcp"),
     "fast": ("fast", ["--name", "fast"], "/mcp"),
 }
@@ -107,6 +108,12 @@ def mcp_failing(mcp_servers: McpServers) -> process.McpServer:
 def mcp_changing(mcp_servers: McpServers) -> process.McpServer:
     """The tool list changes on ``control("tools", {"add": [...]})`` or the ``grow`` tool."""
     return fresh(mcp_servers, "changing")
+
+
+@pytest.fixture
+def mcp_changing_handshake(mcp_servers: McpServers) -> process.McpServer:
+    """The changing server, refusing the 2026-07-28 revision: changes reach sessions on GET."""
+    return fresh(mcp_servers, "changing-handshake")
 
 
 @pytest.fixture
