@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
+import mcp
 import openai
 import pytest
 import yaml
@@ -30,6 +31,7 @@ from sluice.api import policies
 from sluice.operator import podmetrics, proxyconfig, resources
 from tests.support import controlplane as cp
 from tests.support import operator as op
+from tests.support.mcp import McpServer
 from tests.support.proxy import ProxyFactory, free_port
 from tests.support.simulator import Simulator
 
@@ -334,6 +336,52 @@ def test_the_config_map_the_operator_rendered_runs_a_real_proxy(
     assert simulator.stats.authorizations == {"Bearer sk-from-the-secret"}
     ratio = asyncio.run(scrape(proxy.base + "/metrics"))
     assert ratio == 0.5  # one miss, then one hit: the operator's hit-ratio reading
+
+
+def test_a_tool_policys_config_map_runs_a_real_gateway_over_real_mcp_servers(
+    operator: op.OperatorProcess,
+    namespace: str,
+    start_proxy: ProxyFactory,
+    mcp_normal: McpServer,
+    mcp_fast: McpServer,
+) -> None:
+    plane = operator.plane
+    plane.kubectl("-n", namespace, "create", "secret", "generic", "normal-headers",
+                  "--from-literal=X_Team=tools")  # fmt: skip
+    servers = [
+        {"name": "normal", "url": mcp_normal.url, "headersSecretRef": {"name": "normal-headers"}},
+        {"name": "fast", "url": mcp_fast.url, "timeoutSeconds": 10},
+    ]
+    manifest = {"apiVersion": "sluice.dev/v1alpha1", "kind": "ToolCachePolicy",
+                "metadata": {"name": "tools"}, "spec": {"servers": servers}}  # fmt: skip
+    op.apply(plane, namespace, manifest)
+    op.ready_policy(plane, namespace, "tcp", "tools")
+    config_map = op.get(plane, namespace, "configmap/tools-mcp")
+    deployment = op.get(plane, namespace, "deployment/tools-mcp")
+    assert config_map is not None
+    assert deployment is not None
+    config = yaml.safe_load(config_map["data"][proxyconfig.CONFIG_FILE])
+    # What the kubelet would do: every key of the Secret as a variable, behind its prefix.
+    (source,) = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert source["secretRef"] == {"name": "normal-headers"}
+    config["admin"]["port"] = free_port()
+    proxy = start_proxy(config, env={source["prefix"] + "X_Team": "tools"})
+
+    async def use() -> set[str]:
+        async with mcp.Client(f"{proxy.base}/mcp") as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            echoed = await client.call_tool("fast.echo", {"text": "from the configmap"})
+            assert echoed.content[0].text == "from the configmap"  # type: ignore[union-attr]
+        return names
+
+    names = asyncio.run(use())
+    assert {"normal.echo", "fast.echo", "fast.add"} <= names
+    status, page = proxy.get("/metrics")
+    assert status == 200
+    caches = policies.KINDS["ToolCachePolicy"].caches
+    shown = podmetrics.combine([podmetrics.parse(page.decode(), caches)], ["normal", "fast"])
+    assert shown["servers"] == "2/2"
+    assert shown["tools"] == len(names)
 
 
 async def scrape(url: str) -> float | None:
