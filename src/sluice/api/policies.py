@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 from sluice.api.base import Model, SecretKeyRef
 from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, UpstreamSettings
 from sluice.api.mcp import MCPServerSettings, MCPSettings, ToolCacheSettings, check_unique_servers
-from sluice.api.store import RedisSettings
+from sluice.api.store import RedisSettings, StoreSettings
 
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
@@ -111,8 +111,8 @@ REDIS_NEEDS_URL = cel(
 )
 
 
-class CacheSpec(CacheSettings):
-    """Where and how responses are cached."""
+class RedisBackedSpec(StoreSettings):
+    """A store's settings with the Secret of its Redis URL, for either kind's `cache`."""
 
     model_config = ConfigDict(json_schema_extra=validations(REDIS_NEEDS_URL))
 
@@ -120,15 +120,14 @@ class CacheSpec(CacheSettings):
     """Redis connection, for the `redis` and `tiered` backends."""
 
     @model_validator(mode="after")
-    def _redis_needs_url(self) -> CacheSpec:
-        check_redis_url(self.backend, self.redis)
+    def _redis_needs_url(self) -> RedisBackedSpec:
+        if self.backend != "memory" and self.redis.url_secret_ref is None:
+            raise ValueError(REDIS_NEEDS_URL["message"])
         return self
 
 
-def check_redis_url(backend: str, redis: RedisSpec) -> None:
-    """The pydantic twin of `REDIS_NEEDS_URL`."""
-    if backend != "memory" and redis.url_secret_ref is None:
-        raise ValueError(REDIS_NEEDS_URL["message"])
+class CacheSpec(CacheSettings, RedisBackedSpec):
+    """Where and how responses are cached."""
 
 
 KEEPALIVE_WITHIN_MAX = cel(
@@ -217,21 +216,12 @@ class MCPServerSpec(MCPServerSettings):
 
     headers_secret_ref: SecretRef | None = None
     """Secret whose keys and values become headers sent to this server (for example
-    `Authorization`); each key must be a valid environment variable name."""
+    `Authorization`); each key must be a valid environment variable name, and an underscore in
+    it is sent as a dash (`X_Api_Key` becomes `X-Api-Key`)."""
 
 
-class ToolCacheSpec(ToolCacheSettings):
+class ToolCacheSpec(ToolCacheSettings, RedisBackedSpec):
     """Where tool lists and results are cached."""
-
-    model_config = ConfigDict(json_schema_extra=validations(REDIS_NEEDS_URL))
-
-    redis: RedisSpec = Field(default_factory=RedisSpec)
-    """Redis connection, for the `redis` and `tiered` backends."""
-
-    @model_validator(mode="after")
-    def _redis_needs_url(self) -> ToolCacheSpec:
-        check_redis_url(self.backend, self.redis)
-        return self
 
 
 class ToolCachePolicySpec(MCPSettings):
