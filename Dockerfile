@@ -39,8 +39,10 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/sluice-dev/sluice"
 # No installer at run time either: the base's pip, setuptools and wheel (python slim keeps
-# them in /usr/local, Debian's ensurepip in /usr/share/python-wheels) go, and /var/tmp is
-# closed, so /tmp (an emptyDir in the pods) is the only place the user can write.
+# them in /usr/local, Debian's ensurepip in /usr/share/python-wheels) go. And what the base
+# leaves open to everyone (/var/tmp, /run/lock) is closed, so /tmp (an emptyDir in the pods)
+# is the only place the user can write. The user gets a name (as distroless's "nonroot"):
+# kopf asks getpass.getuser() for its identity and fails on a uid that /etc/passwd lacks.
 RUN rm -rf /usr/local/bin/pip /usr/local/bin/pip3* /usr/local/bin/wheel \
         /usr/local/lib/python3*/site-packages/pip \
         /usr/local/lib/python3*/site-packages/pip-* \
@@ -53,7 +55,9 @@ RUN rm -rf /usr/local/bin/pip /usr/local/bin/pip3* /usr/local/bin/wheel \
         /usr/local/lib/python3*/site-packages/wheel-* \
         /usr/local/lib/python3*/ensurepip/_bundled \
         /usr/share/python-wheels \
-    && chmod 0755 /var/tmp
+    && find / -xdev -path /tmp -prune -o -perm -0002 ! -type l -exec chmod o-w {} + \
+    && echo 'nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin' >>/etc/passwd \
+    && echo 'nonroot:x:65532:' >>/etc/group
 COPY --from=build /opt/sluice /opt/sluice
 ENV PATH=/opt/sluice/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -1,4 +1,5 @@
-"""Test-wide plugins: the upstream simulator, proxy subprocesses, redis-server, control plane."""
+"""Test-wide plugins: the upstream simulator, proxy subprocesses, redis-server, control plane,
+the built image."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ pytest_plugins = [
     "tests.support.proxy",
     "tests.support.redis",
     "tests.support.controlplane",
+    "tests.support.image",
 ]
 
 

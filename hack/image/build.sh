@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the image with whatever this machine has, export it as an archive and write its SBOM:
-#   hack/image/build.sh      (what `make image` runs)
+#   hack/image/build.sh            (what `make image` runs)
+#   hack/image/build.sh --inputs   print the inputs hash only (the image test's staleness check)
 #
 # Writes, in OUT (default build/image):
 #   sluice.tar        docker-archive of IMAGE (`kind load image-archive`, `docker load`)
@@ -50,14 +51,27 @@ inputs_hash() {
   } | sha256sum | cut -c1-16
 }
 
+# Docker's rule for short names (python:3.11 is docker.io/library/python:3.11), which buildah
+# and podman follow only where registries.conf says so.
+qualify() {
+  local name=$1 first=${1%%/*}
+  if [[ $name != */* ]]; then name=docker.io/library/$name
+  elif [[ $first != *.* && $first != *:* && $first != localhost ]]; then name=docker.io/$name
+  fi
+  echo "$name"
+}
+
 # The base for buildah and podman: the one asked for, if it is here or can be pulled;
 # otherwise (only for the default) Debian's Python from hack/image/base.sh.
 pick_base() {
-  local tool=$1
+  local tool=$1 wanted
+  wanted=$(qualify "$PYTHON_IMAGE")
   if [[ $BASE == debootstrap ]]; then hack/image/base.sh; return; fi
-  if "$tool" inspect --type image "$PYTHON_IMAGE" >/dev/null 2>&1 \
-    || "$tool" pull --quiet "$PYTHON_IMAGE" >/dev/null 2>&1; then
-    echo "$PYTHON_IMAGE"
+  local -a pull=("$tool" pull --quiet)
+  [[ $tool == buildah ]] && pull+=(--retry 0)  # no registry is no registry: fall back at once
+  if "$tool" inspect --type image "$wanted" >/dev/null 2>&1 \
+    || "${pull[@]}" "$wanted" >/dev/null 2>&1; then
+    echo "$wanted"
   elif [[ $PYTHON_IMAGE == "$DEFAULT_PYTHON_IMAGE" ]]; then
     log "$PYTHON_IMAGE cannot be pulled here: making a Debian base instead"
     hack/image/base.sh
@@ -120,6 +134,7 @@ load() {
   esac
 }
 
+if [[ ${1:-} == --inputs ]]; then inputs_hash; exit 0; fi
 tool=$(pick_builder)
 hash=$(inputs_hash)
 cached=$CACHE/$hash
