@@ -46,9 +46,15 @@ def extract_metadata(archive_path: pathlib.Path, into: pathlib.Path) -> pathlib.
                     for m in layer
                     if m.name.lstrip("./").startswith(VENV)
                     and ".dist-info" in m.name
+                    and ".." not in m.name.split("/")
                     and (m.isfile() or m.isdir())
                 ]
-                layer.extractall(into, members=wanted, filter="data")
+                # Only plain files and folders under opt/sluice/ are taken; the "data" filter
+                # checks once more where this Python has it (3.11.4 on; not Debian's 3.11.2).
+                if hasattr(tarfile, "data_filter"):
+                    layer.extractall(into, members=wanted, filter="data")
+                else:
+                    layer.extractall(into, members=wanted)
     found = sorted(into.glob(VENV + "lib/python3*/site-packages"))
     if not found:
         raise SystemExit(f"sbom: no {VENV}lib/python3*/site-packages in {archive_path}")
