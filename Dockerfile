@@ -21,7 +21,8 @@ COPY src ./src
 # Two optional secrets, for hosts that reach the package index only through their own trust
 # store or pip settings (a TLS-inspecting proxy, a mirror): `ca-bundle` (PEM) and `pip.conf`.
 # Secrets are mounted for this one step and are never part of a layer; hack/image/build.sh
-# passes them when the host has them. Then the installer itself goes (pip, setuptools): the
+# passes them when the host has them (`RUN --mount` needs BuildKit, Docker's builder since
+# 23.0, or buildah/podman). Then the installer itself goes (pip, setuptools): the
 # venv carries only what `sluice` imports. Bytecode is compiled now, as the root filesystem
 # is read-only at run time.
 RUN --mount=type=secret,id=ca-bundle,required=false \

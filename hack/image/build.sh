@@ -73,7 +73,7 @@ pick_base() {
     || "${pull[@]}" "$wanted" >/dev/null 2>&1; then
     echo "$wanted"
   elif [[ $PYTHON_IMAGE == "$DEFAULT_PYTHON_IMAGE" ]]; then
-    log "$PYTHON_IMAGE cannot be pulled here: making a Debian base instead"
+    log "$PYTHON_IMAGE cannot be pulled here: using the Debian base of hack/image/base.sh"
     hack/image/base.sh
   else
     log "$PYTHON_IMAGE is neither here nor can it be pulled"
@@ -155,11 +155,15 @@ else
   record "$tool" "$base" $((SECONDS - started)) "$work" >"$work/out/sluice.json"
   mkdir -p "$CACHE"
   rm -rf "$cached" && mv "$work/out" "$cached"
-  # Keep the cache to the newest few builds, and buildah's storage free of replaced images.
+  # Keep the cache to the newest few builds, and buildah's or podman's storage free of the
+  # images this one replaced (docker keeps its build cache).
   # (The cache's folder names are hex hashes: no spaces to worry about.)
   # shellcheck disable=SC2012
   ls -dt "$CACHE"/*/ | tail -n +4 | xargs -r rm -rf
-  [[ $tool == docker ]] || "$tool" rmi --prune >/dev/null 2>&1 || true
+  case $tool in
+    buildah) buildah rmi --prune >/dev/null 2>&1 || true ;;
+    podman) podman image prune --force >/dev/null 2>&1 || true ;;
+  esac
   log "built in $((SECONDS - started)) s"
 fi
 
