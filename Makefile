@@ -5,7 +5,7 @@ PYTHON := .venv/bin/python
 UPSTREAM ?= https://api.openai.com/v1
 PORT ?= 8080
 
-.PHONY: run test lint unit integration crds bench cluster-up cluster-down kind-e2e
+.PHONY: run test lint unit integration crds image bench cluster-up cluster-down kind-e2e
 
 ## run: start the proxy on its built-in in-memory defaults (UPSTREAM=..., PORT=...)
 run:
@@ -36,6 +36,12 @@ integration:
 crds:
 	$(PYTHON) -m sluice crds --write crds --write charts/sluice/files/crds
 
+## image: build the image with docker, podman or buildah, whichever works here, into
+## build/image/ (sluice.tar, its SBOM sluice.cdx.json); IMAGE=..., PYTHON_IMAGE=..., BUILDER=...
+image:
+	@hack/setup.sh
+	hack/image/build.sh
+
 ## bench: all benchmarks, Sluice against baselines measured in the same run (needs wrk)
 bench:
 	@hack/setup.sh
@@ -54,6 +60,7 @@ cluster-up:
 cluster-down:
 	@hack/controlplane/down.sh
 
-## kind-e2e: the whole path on a kind cluster (needs Docker; not possible on the CI machines)
+## kind-e2e: the whole path on a kind cluster, with the archive of `make image` (needs kind and
+## a container runtime for it; not possible on the CI machines)
 kind-e2e:
 	hack/kind-e2e.sh

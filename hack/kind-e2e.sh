@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole user path on a kind cluster: build the image, install the chart, apply every
-# example, wait for the policies to be Ready, and send a request through a proxy's endpoint.
-# Needs Docker, kind, kubectl and helm; it cannot run on the project's CI machines (no Docker
-# there), where tests/integration covers the same path against a real API server with kwok.
+# The whole user path on a kind cluster: build the image (`make image`, whichever builder the
+# machine has), load its archive into the cluster, install the chart, apply every example,
+# wait for the policies to be Ready, and send a request through a proxy's endpoint.
+# Needs kind (and the Docker or Podman it runs its nodes in), kubectl and helm; it cannot run
+# on the project's CI machines (no container runtime there), where tests/integration covers
+# the same path against a real API server with kwok.
 #
 #   hack/kind-e2e.sh                          the request reaches OpenAI with the examples'
 #                                             placeholder key: a 401 proves the path works
@@ -13,12 +15,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CLUSTER=${CLUSTER:-sluice-e2e}
 IMAGE_REPOSITORY=${IMAGE_REPOSITORY:-sluice}
-IMAGE_TAG=${IMAGE_TAG:-e2e}
+IMAGE_TAG=${IMAGE_TAG:-dev}  # the tag `make image` gives by default: its cached build is reused
 SYSTEM=sluice-system
 DEMO=sluice-demo
 CURL_IMAGE=curlimages/curl:8.11.1
 
-for tool in docker kind kubectl helm; do
+for tool in kind kubectl helm; do
   command -v "$tool" >/dev/null || { echo "kind-e2e: $tool is needed" >&2; exit 1; }
 done
 
@@ -31,14 +33,16 @@ cleanup() {
   fi
 }
 
+step "image $IMAGE_REPOSITORY:$IMAGE_TAG"
+make --no-print-directory image IMAGE="$IMAGE_REPOSITORY:$IMAGE_TAG"
+
 step "cluster $CLUSTER"
 kind create cluster --name "$CLUSTER" --wait 120s
 trap cleanup EXIT
 kubectl config use-context "kind-$CLUSTER"
 
-step "image $IMAGE_REPOSITORY:$IMAGE_TAG"
-docker build --tag "$IMAGE_REPOSITORY:$IMAGE_TAG" .
-kind load docker-image "$IMAGE_REPOSITORY:$IMAGE_TAG" --name "$CLUSTER"
+step "image $IMAGE_REPOSITORY:$IMAGE_TAG into the cluster"
+kind load image-archive build/image/sluice.tar --name "$CLUSTER"
 
 step "chart"
 # pullPolicy Never: the image exists only inside the kind node, loaded above. The proxies

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh Debian machine, idempotently:
 #   hack/setup.sh          the Python environment (.venv) with the package and its dev tools
-#   hack/setup.sh --tests  also redis-server (for the cache tests) and the Kubernetes control
-#                          plane built from Go modules (for the operator tests)
+#   hack/setup.sh --tests  also redis-server (for the cache tests), the Kubernetes control
+#                          plane built from Go modules (for the operator tests), and the
+#                          image, built with buildah (for tests/integration/test_image.py)
 # Re-running is cheap: each step checks what is already there.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,9 +38,16 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
-apt_install redis-server ca-certificates
+# buildah builds and runs the image without a daemon; debootstrap makes its base where no
+# container registry can be reached (hack/image/base.sh).
+apt_install redis-server ca-certificates buildah debootstrap
 # Go (≥ 1.26, as the project's machines have in /usr/local/go) builds the control plane;
 # Debian 12's golang-go is too old, so there is nothing to install: build.py says so if missing.
 
 echo "setup: building the test control plane (cached after the first run)"
 PYTHON=.venv/bin/python hack/controlplane/build.sh
+
+# With buildah whatever else the machine has, as the image test runs the image with buildah.
+# Cached: only changed inputs (Dockerfile, pyproject.toml, src/, ...) rebuild it.
+echo "setup: building the image (cached until its inputs change)"
+BUILDER=buildah PYTHON=.venv/bin/python hack/image/build.sh

@@ -1,4 +1,5 @@
-"""Test-wide plugins: the upstream simulator, proxy subprocesses, redis-server, control plane."""
+"""Test-wide plugins: the upstream simulator, proxy subprocesses, redis-server, control plane,
+the built image."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ pytest_plugins = [
     "tests.support.controlplane",
     "tests.support.toolservers",
     "tests.support.mcp",
+    "tests.support.image",
 ]
 
 

@@ -57,6 +57,8 @@ class OperatorProcess:
     workdir: pathlib.Path
     kubeconfig: pathlib.Path | None = None  # default: the control plane's admin
     namespaces: tuple[str, ...] = ()
+    # The words before `operator`: the package's CLI here, or a container's (test_image.py).
+    launcher: tuple[str, ...] = (sys.executable, "-m", "sluice")
     health_port: int = dataclasses.field(default_factory=free_port)
     metrics_port: int = dataclasses.field(default_factory=free_port)
     # Seconds between reads of the proxy pods' /metrics: short, so a test sees them in a status.
@@ -69,7 +71,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         command = [
-            sys.executable, "-m", "sluice", "operator",
+            *self.launcher, "operator",
             f"--proxy-image={PROXY_IMAGE}",
             f"--health-port={self.health_port}",
             f"--metrics-port={self.metrics_port}",
