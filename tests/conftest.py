@@ -1,4 +1,4 @@
-"""Test-wide plugins: the upstream simulator, proxy subprocesses, redis-server, control plane,
+"""Test-wide plugins: simulator, proxy subprocesses, redis-server, control plane, MCP servers,
 the built image."""
 
 from __future__ import annotations
