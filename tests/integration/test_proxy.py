@@ -389,6 +389,8 @@ TRAVERSALS = [
     "/v1//admin",
     "/v1/./models",
     "/v1/models/%2e%2e",
+    "/v1/..;/admin",
+    "/v1/chat/completions%23",
 ]
 
 

@@ -27,6 +27,9 @@ def test_ordinary_api_paths_pass(path: str) -> None:
         pytest.param("/v1/files\x00", id="nul"),
         pytest.param("/v1/files\r\nx: y", id="crlf"),
         pytest.param("v1/files", id="relative"),
+        pytest.param("/v1/chat/completions#", id="decoded-hash"),
+        pytest.param("/v1/files?x=1", id="decoded-question-mark"),
+        pytest.param("/v1/..;/admin", id="semicolon-dot-dot"),
     ],
 )
 def test_paths_that_could_leave_their_place_are_refused(path: str) -> None:

@@ -1,9 +1,10 @@
 """The callers connected to `/mcp`: sessions of the session-based revisions, and the streams on
 which they (and stateless 2026-07-28 callers) hear notifications.
 
-A session is made by `initialize` and named by `Mcp-Session-Id`; it ends with `DELETE`, or when
-it has been idle for `IDLE_SECONDS`, or when `MAX_SESSIONS` newer ones push it out (a caller
-that comes back with an unknown id gets 404 and initialises again, as the transport says).
+A session is made by `initialize` and named by `Mcp-Session-Id`, and belongs to the auth context
+that made it; it ends with `DELETE`, or when it has been idle for `IDLE_SECONDS`, or when newer
+ones of its own context (`MAX_SESSIONS_PER_CONTEXT`), or of all (`MAX_SESSIONS`), push it out (a
+caller that comes back with an unknown id gets 404 and initialises again, as the transport says).
 A `Listener` is one open stream (a session's `GET`, or a `subscriptions/listen` request) with a
 bounded queue: a caller that does not read its stream is dropped rather than let the queue grow.
 """
@@ -24,6 +25,9 @@ from sluice.proxy import metrics
 
 IDLE_SECONDS = 3600.0
 MAX_SESSIONS = 10000
+MAX_SESSIONS_PER_CONTEXT = 64
+"""Sessions one auth context may hold: a flood of `initialize` pushes out its own oldest
+sessions, never another caller's."""
 QUEUE_LIMIT = 256
 KEEPALIVE_SECONDS = 15.0
 """An SSE comment this often on an idle stream, so a caller that left is noticed."""
@@ -108,15 +112,20 @@ class Clients:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.by_context: dict[str, collections.OrderedDict[str, None]] = {}
         self.listeners: set[Listener] = set()
         self._gauge = metrics.mcp_sessions.labels("client")
 
     def open(self, protocol_version: str, context: str) -> Session:
         self.expire()
+        own = self.by_context.setdefault(context, collections.OrderedDict())
+        while len(own) >= MAX_SESSIONS_PER_CONTEXT:
+            self.end(next(iter(own)))
         while len(self.sessions) >= MAX_SESSIONS:
             self.end(next(iter(self.sessions)))
         session = Session(secrets.token_hex(16), protocol_version, context, self.clock())
         self.sessions[session.id] = session
+        self.by_context.setdefault(context, collections.OrderedDict())[session.id] = None
         self._gauge.set(len(self.sessions))
         return session
 
@@ -135,17 +144,23 @@ class Clients:
         self._gauge.set(len(self.sessions))
         if session is None:
             return False
+        own = self.by_context.get(session.context)
+        if own is not None:
+            own.pop(session_id, None)
+            if not own:
+                del self.by_context[session.context]
         if session.listener is not None:
             self.stop_listening(session.listener)
         return True
 
     def expire(self) -> None:
+        """End the sessions idle for `IDLE_SECONDS` (an open stream is not idle)."""
         now = self.clock()
-        while self.sessions:
-            oldest = next(iter(self.sessions.values()))
-            if now - oldest.seen <= IDLE_SECONDS or oldest.listener is not None:
-                return
-            self.end(oldest.id)
+        for session in list(self.sessions.values()):
+            if now - session.seen <= IDLE_SECONDS:
+                return  # in order of last use: the rest are younger
+            if session.listener is None:
+                self.end(session.id)
 
     def listen(self, wanted: frozenset[str] | None, subscription: Any = None) -> Listener:
         listener = Listener(wanted, subscription)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODERN = "2026-07-28"
 HANDSHAKE = "2025-11-25"
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", HANDSHAKE)
 CLIENT_INFO = {"name": "sluice", "version": metadata.version("sluice-operator")}
 LIST_CHANGED = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
 RECONNECT_SECONDS = (0.5, 30.0)
@@ -93,6 +94,9 @@ class HTTPConnection:
         self.era: str | None = None
         """`MODERN` or `HANDSHAKE` once negotiated."""
         self.session_id: str | None = None
+        self.protocol_version = HANDSHAKE
+        """The session-based revision the server agreed to in `initialize`."""
+        self._ready = False
         self._ids = itertools.count(1)
         self._negotiating = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
@@ -128,11 +132,13 @@ class HTTPConnection:
         await self._negotiate()
         try:
             result = await self._request(method, params, headers, on_progress)
-        except SessionGoneError:
-            self.session_id = None
-            self.era = None
-            await self._negotiate()
-            result = await self._request(method, params, headers, on_progress)
+        except SessionGoneError as gone:
+            await self._negotiate(gone.session_id)
+            try:
+                result = await self._request(method, params, headers, on_progress)
+            except SessionGoneError:
+                self._failed()
+                raise UnavailableError(f"{self.name} forgot its new session at once") from None
         self._up.set(1)
         return result
 
@@ -159,7 +165,8 @@ class HTTPConnection:
         except TimeoutError:
             self._failed()
             raise UnavailableError(f"no answer within {self.timeout:g}s") from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            # ValueError: aiohttp refusing a header value (a name with a control character).
             self._failed()
             raise UnavailableError(errors.describe(e)) from None
 
@@ -170,11 +177,14 @@ class HTTPConnection:
         on_progress: Progress | None,
     ) -> dict[str, Any]:
         outgoing = self._headers(body["method"], body.get("params", {}), headers)
+        sent_session = self.session_id
         session = self.pool.next()
-        async with session.post(self.url, data=orjson.dumps(body), headers=outgoing) as reply:
-            if reply.status == 404 and self.session_id is not None:
-                raise SessionGoneError
-            if reply.status >= 400:
+        async with session.post(
+            self.url, data=orjson.dumps(body), headers=outgoing, allow_redirects=False
+        ) as reply:
+            if reply.status == 404 and sent_session is not None:
+                raise SessionGoneError(sent_session)
+            if reply.status >= 300:  # redirects are not followed: they could lead anywhere
                 self._failed()
                 raise UnavailableError(f"HTTP {reply.status} from {self.name}")
             if reply.content_type == "text/event-stream":
@@ -198,21 +208,32 @@ class HTTPConnection:
 
     # --- negotiation --------------------------------------------------------------------------
 
-    async def _negotiate(self) -> None:
-        if self.era is not None:
+    async def _negotiate(self, gone: str | None = None) -> None:
+        """Negotiate once; with `gone` (a session the server forgot), again if that session is
+        still the current one. Concurrent callers wait for one negotiation; only a finished one
+        is used, and a failed one leaves nothing behind."""
+        if self._ready and (gone is None or gone != self.session_id):
             return
         async with self._negotiating:
-            if self.era is not None:
+            if self._ready and (gone is None or gone != self.session_id):
                 return
+            if self._ready and self.session_id is not None:
+                metrics.mcp_sessions.labels("upstream").dec()
+            self._ready = False
+            self.era = self.session_id = None
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._handshake()
-            except TimeoutError:
-                self._failed()
-                raise UnavailableError(f"no answer within {self.timeout:g}s") from None
-            except (aiohttp.ClientError, OSError) as e:
-                self._failed()
-                raise UnavailableError(errors.describe(e)) from None
+            except BaseException as e:
+                self.era = self.session_id = None
+                if isinstance(e, TimeoutError):
+                    self._failed()
+                    raise UnavailableError(f"no answer within {self.timeout:g}s") from None
+                if isinstance(e, aiohttp.ClientError | OSError):
+                    self._failed()
+                    raise UnavailableError(errors.describe(e)) from None
+                raise
+            self._ready = True
 
     async def _handshake(self) -> None:
         self.era = MODERN
@@ -236,23 +257,29 @@ class HTTPConnection:
         session = self.pool.next()
         body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
         headers = self._headers("initialize", params, None)
-        async with session.post(self.url, data=orjson.dumps(body), headers=headers) as reply:
-            if reply.status >= 400:
-                self.era = None
+        async with session.post(
+            self.url, data=orjson.dumps(body), headers=headers, allow_redirects=False
+        ) as reply:
+            if reply.status >= 300:
                 raise UnavailableError(f"HTTP {reply.status} from {self.name} to initialize")
             self.session_id = reply.headers.get("mcp-session-id")
             if reply.content_type == "text/event-stream":
+                answer: dict[str, Any] = {}
                 async for message in self._events(reply):
                     if message.get("id") == 0:
-                        answer_of(message)
+                        answer = answer_of(message)
                         break
             else:
-                answer_of(await self._json(reply))
+                answer = answer_of(await self._json(reply))
+        agreed = answer.get("protocolVersion")
+        self.protocol_version = agreed if agreed in HANDSHAKE_VERSIONS else HANDSHAKE
         if self.session_id is not None:
             metrics.mcp_sessions.labels("upstream").inc()
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         headers = self._headers("notifications/initialized", {}, None)
-        async with session.post(self.url, data=orjson.dumps(note), headers=headers):
+        async with session.post(
+            self.url, data=orjson.dumps(note), headers=headers, allow_redirects=False
+        ):
             pass
 
     def _modern_meta(self) -> dict[str, Any]:
@@ -277,7 +304,7 @@ class HTTPConnection:
             if isinstance(name, str) and method in ("tools/call", "prompts/get", "resources/read"):
                 headers["mcp-name"] = name
         elif self.era == HANDSHAKE and method != "initialize":
-            headers["mcp-protocol-version"] = HANDSHAKE
+            headers["mcp-protocol-version"] = self.protocol_version
             if self.session_id is not None:
                 headers["mcp-session-id"] = self.session_id
         if extra:
@@ -286,7 +313,7 @@ class HTTPConnection:
 
     async def _delete_session(self) -> None:
         headers = self._headers("", {}, None)
-        async with self.pool.next().delete(self.url, headers=headers):
+        async with self.pool.next().delete(self.url, headers=headers, allow_redirects=False):
             metrics.mcp_sessions.labels("upstream").dec()
 
     # --- reading answers ----------------------------------------------------------------------
@@ -353,14 +380,15 @@ class HTTPConnection:
 
     async def _listen_forever(self) -> None:
         wait = RECONNECT_SECONDS[0]
+        gone: str | None = None
         while True:
             try:
-                await self._negotiate()
+                await self._negotiate(gone)
+                gone = None
                 await self._listen()
                 wait = RECONNECT_SECONDS[0]
-            except SessionGoneError:
-                self.session_id = None
-                self.era = None
+            except SessionGoneError as e:
+                gone = e.session_id
             except (UnavailableError, jsonrpc.RPCError, aiohttp.ClientError, OSError) as e:
                 log.debug("notifications of %s: %s; listening again in %.1fs", self.name, e, wait)
             await asyncio.sleep(wait * (0.5 + random.random()))
@@ -380,21 +408,26 @@ class HTTPConnection:
             }
             headers = self._headers("subscriptions/listen", params, None)
             request = session.post(
-                self.url, data=orjson.dumps(body), headers=headers, timeout=timeout
+                self.url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
             )
         elif self.session_id is not None:
             headers = self._headers("", {}, None)
             headers["accept"] = "text/event-stream"
-            request = session.get(self.url, headers=headers, timeout=timeout)
+            request = session.get(self.url, headers=headers, timeout=timeout, allow_redirects=False)
         else:
             # A server without sessions has no stream to offer (the SDK's stateless servers
             # accept a GET that never carries anything): only list TTLs keep its lists fresh.
             await asyncio.sleep(RECONNECT_SECONDS[1])
             return
+        sent_session = self.session_id
         async with request as reply:
-            if reply.status == 404 and self.session_id is not None:
-                raise SessionGoneError
-            if reply.status >= 400 or reply.content_type != "text/event-stream":
+            if reply.status == 404 and sent_session is not None:
+                raise SessionGoneError(sent_session)
+            if reply.status >= 300 or reply.content_type != "text/event-stream":
                 # 405: the server offers no stream; only list TTLs keep its lists fresh.
                 await asyncio.sleep(RECONNECT_SECONDS[1])
                 return
@@ -419,6 +452,10 @@ class HTTPConnection:
 
 class SessionGoneError(Exception):
     """The server answered 404 to our session: it forgot it; initialise again."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
 
 
 def answer_of(message: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from sluice.proxy.upstream import sessions
 
 log = logging.getLogger(__name__)
 
-MODERN_VERSIONS = ("2026-07-28",)
-HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS = (connection.MODERN,)
+HANDSHAKE_VERSIONS = connection.HANDSHAKE_VERSIONS
 SERVER_INFO = {"name": "sluice", "version": metadata.version("sluice-operator")}
 CAPABILITIES = {
     "tools": {"listChanged": True},
@@ -96,6 +96,7 @@ class Gateway:
         self.clients = clients.Clients()
         self._tool_labels: dict[str, set[str]] = {name: set() for name in self.servers}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._changing: set[tuple[str, str]] = set()
         self._merged: dict[tuple[Any, ...], tuple[tuple[Any, ...], bytes]] = {}
 
     async def start(self) -> None:
@@ -106,6 +107,8 @@ class Gateway:
 
     async def close(self) -> None:
         self.clients.close()
+        for task in list(self._tasks):
+            task.cancel()
         await self.lists.close()
         await asyncio.gather(*(upstream.close() for upstream in self.connections.values()))
         await self.pool.close()
@@ -179,7 +182,7 @@ class Gateway:
         server, tool = self.route(qualified, "tool")
         label = self.tool_label(server, tool)
         started = time.perf_counter()
-        ttl = self.results.ttl(f"{server}.{tool}")
+        ttl = self.results.ttl(f"{server}.{tool}") if results.cacheable_call(params) else None
         key = None
         if ttl is not None:
             key = self.results.key(server, tool, params.get("arguments"), context.caller.context)
@@ -196,13 +199,13 @@ class Gateway:
             metrics.tool_call_duration.labels(server).observe(time.perf_counter() - started)
         failed = result.get("isError") is True
         metrics.tool_calls.labels(server, label, "error" if failed else "ok").inc()
-        if key is not None and ttl is not None:
+        if key is not None and ttl is not None and results.complete(result):
             await self.results.put(key, result, ttl, time.time())
         return result
 
     async def read_resource(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
         uri = params.get("uri")
-        if not isinstance(uri, str):
+        if not isinstance(uri, str) or not uri.isprintable():  # it travels in a header too
             raise jsonrpc.RPCError(jsonrpc.INVALID_PARAMS, "resources/read needs a `uri`")
         found = await self.lists.get_all(self.servers, catalog.RESOURCES, context.caller)
         listed = {s: items or [] for s, items in zip(self.servers, found, strict=True)}
@@ -213,7 +216,9 @@ class Gateway:
 
     def route(self, qualified: Any, what: str) -> tuple[str, str]:
         """(server, name) of a qualified name, or the spec's invalid-params error."""
-        parts = catalog.split(qualified) if isinstance(qualified, str) else None
+        # The name rule first: the name is sent on in a header, and merged names all keep it.
+        valid = isinstance(qualified, str) and catalog.NAME_RULE.fullmatch(qualified)
+        parts = catalog.split(qualified) if valid else None
         if parts is None or parts[0] not in self.connections:
             raise jsonrpc.RPCError(jsonrpc.INVALID_PARAMS, f"Unknown {what}: {qualified}")
         return parts
@@ -266,18 +271,23 @@ class Gateway:
         if method not in LIST_CHANGED:
             return
         log.info("%s from %s", method, server)
-        if self.config.invalidate_on_list_changed:
-            task = asyncio.get_running_loop().create_task(self._changed(server, method))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
+        if not self.config.invalidate_on_list_changed:
             self.clients.broadcast(method)
+            return
+        if (server, method) in self._changing:
+            return  # one invalidation per server and kind at a time: a flood is one change
+        self._changing.add((server, method))
+        task = asyncio.get_running_loop().create_task(self._changed(server, method))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _changed(self, server: str, method: str) -> None:
         try:
             await self.lists.invalidate(server)
         except store.UnavailableError as e:
             log.warning("%s from %s: cache not invalidated: %s", method, server, e)
+        finally:
+            self._changing.discard((server, method))
         self.clients.broadcast(method)
 
     def __repr__(self) -> str:
@@ -285,8 +295,11 @@ class Gateway:
 
 
 def finished(result: dict[str, Any], modern: bool) -> dict[str, Any]:
-    """The 2026-07-28 revision wants every result to say it is whole."""
-    return {**result, "resultType": "complete"} if modern else result
+    """The 2026-07-28 revision wants every result to say what it is; one without a
+    `resultType` is whole (`input_required` and the like are passed on as they are)."""
+    if not modern or "resultType" in result:
+        return result
+    return {**result, "resultType": "complete"}
 
 
 def headers_of(server: MCPServerConfig, environ: Mapping[str, str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ fresh in the background while callers use them.
   `Authorization`, never the token) for a private one: a list fetched with the caller's own
   credentials (`forwardCallerAuth`) or marked `cacheScope: private`. Invalidating a server is one
   `Selection(model=server)`, in memory and in Redis alike, so other replicas see it.
-* Values: `{"items", "freshUntil", "private"}` as JSON under `store.pack`, kept past their
+* Values: `{"items", "freshUntil"}` as JSON under `store.pack`, kept past their
   freshness for `STALE_SECONDS` so a server that is down still has its last good list served.
 * Freshness: `catalog.freshness` (the policy's TTL, shortened by `ttlMs`); TTL 0 turns caching off.
 * Refresh ahead: lists read in the last TTL are fetched again in the background shortly before
@@ -48,6 +48,10 @@ REFRESH_SHARE = 0.1
 """A list is refreshed ahead when less than this share of its TTL (and under 5 s) is left."""
 RECENT_LIMIT = 4096
 """Lists remembered for refresh ahead; the least recently read go first."""
+DECODED_LIMIT = 256
+"""Decoded lists kept for the warm path (emptied when full: a busy proxy re-decodes a few)."""
+RETRY_SECONDS = 5.0
+"""After a refresh ahead failed, how long until the next try."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,16 +70,14 @@ class Listing:
 
     items: list[catalog.Item]
     fresh_until: float
-    private: bool
 
     def encode(self) -> bytes:
-        data = {"items": self.items, "freshUntil": self.fresh_until, "private": self.private}
-        return orjson.dumps(data)
+        return orjson.dumps({"items": self.items, "freshUntil": self.fresh_until})
 
     @classmethod
     def decode(cls, body: bytes) -> Listing:
         data = orjson.loads(body)
-        return cls(data["items"], data["freshUntil"], data["private"])
+        return cls(data["items"], data["freshUntil"])
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,6 +89,8 @@ class Recent:
     caller: Caller
     read_at: float
     fresh_until: float
+    margin: float
+    """How long before `fresh_until` it is fetched again: a share of its own freshness."""
 
 
 class Lists:
@@ -106,7 +110,7 @@ class Lists:
         self.prefix = config.cache.redis.key_prefix
         self.ttl = float(config.tools_list_ttl_seconds)
         self.forwarding = {s.name: s.forward_caller_auth for s in config.servers}
-        self.flights: flights.Flights[tuple[str, str, str], Listing] = flights.Flights()
+        self.flights: flights.Flights[tuple[str, str, str, int], Listing] = flights.Flights()
         self.recent: collections.OrderedDict[tuple[str, str, str], Recent] = (
             collections.OrderedDict()
         )
@@ -114,6 +118,8 @@ class Lists:
         self._decoded: dict[str, tuple[bytes, Listing]] = {}
         self._private_seen: dict[str, bool] = {}
         self._keys: dict[tuple[str, str, str, bool], list[str]] = {}
+        self._generations: dict[str, int] = {}
+        """Bumped by `invalidate`: a fetch under way when it came stores nothing."""
         self._counters = {
             result: metrics.cache_requests.labels(KIND, result)
             for result in ("hit", "miss", "stale", "bypass")
@@ -122,12 +128,6 @@ class Lists:
         self._refreshing: set[asyncio.Task[None]] = set()
 
     # --- reading ------------------------------------------------------------------------------
-
-    async def get(
-        self, server: str, kind: catalog.Kind, caller: Caller
-    ) -> list[catalog.Item] | None:
-        """The server's list for this caller; None when it is down and nothing was cached."""
-        return (await self.get_all([server], kind, caller))[0]
 
     async def get_all(
         self, servers: Sequence[str], kind: catalog.Kind, caller: Caller
@@ -202,6 +202,8 @@ class Lists:
         if known is not None and known[0] == value:
             return known[1]
         listing = Listing.decode(store.unpack(value)[2])
+        if len(self._decoded) >= DECODED_LIMIT:
+            self._decoded.clear()
         self._decoded[key] = (value, listing)
         return listing
 
@@ -225,13 +227,24 @@ class Lists:
 
     async def refresh(self, server: str, kind: catalog.Kind, caller: Caller) -> Listing:
         """Fetch the list (one flight per server, kind and auth context) and store it."""
-        flight_key = (server, kind.method, caller.context)
+        generation = self._generations.get(server, 0)
+        flight_key = (server, kind.method, self.tenant(server, caller), generation)
         flight = self.flights.get(flight_key)
         if flight is None:
-            flight = self.flights.launch((flight_key,), self._fetch(server, kind, caller))
+            work = self._fetch(server, kind, caller, generation)
+            flight = self.flights.launch((flight_key,), work)
         return await self.flights.wait(flight)
 
-    async def _fetch(self, server: str, kind: catalog.Kind, caller: Caller) -> Listing:
+    def tenant(self, server: str, caller: Caller) -> str:
+        """Whose list a fetch gets: the caller's with its own credentials (`forwardCallerAuth`)
+        or where the server said private; everyone's otherwise (one fetch, one refresh)."""
+        if self.forwarding[server] or self._private_seen.get(server, False):
+            return caller.context
+        return keyspace.SHARED
+
+    async def _fetch(
+        self, server: str, kind: catalog.Kind, caller: Caller, generation: int
+    ) -> Listing:
         started = time.perf_counter()
         items, first = await self.fetch_all(server, kind, caller)
         metrics.mcp_list_fetch_duration.labels(server, kind.field).observe(
@@ -242,7 +255,9 @@ class Lists:
         private = self.forwarding[server] or catalog.is_private(first)
         self._private_seen[server] = private
         fresh = catalog.freshness(self.ttl, first)
-        listing = Listing(items, self.clock() + fresh, private)
+        listing = Listing(items, self.clock() + fresh)
+        if generation != self._generations.get(server, 0):
+            return listing  # invalidated while it was on its way: hand it out, keep nothing
         if self.ttl and fresh > 0:
             tenant = caller.context if private else keyspace.SHARED
             key = keyspace.layout(self.prefix, KIND, tenant, server, kind.field)
@@ -289,6 +304,8 @@ class Lists:
         """Drop a server's lists (every server's for None), here and in a shared Redis; the
         lists callers read lately are fetched again in the background."""
         selection = keyspace.Selection(kinds=(KIND,), model=server)
+        for name in self.forwarding if server is None else (server,):
+            self._generations[name] = self._generations.get(name, 0) + 1
         deleted = await self.store.invalidate(selection)
         for key in [k for k in self._decoded if selection.matches(self.prefix, k)]:
             del self._decoded[key]
@@ -300,24 +317,24 @@ class Lists:
     def _remember(
         self, server: str, kind: catalog.Kind, caller: Caller, listing: Listing, now: float
     ) -> None:
-        key = (server, kind.method, caller.context)
+        key = (server, kind.method, self.tenant(server, caller))
         recent = self.recent.get(key)
         if recent is not None and recent.fresh_until == listing.fresh_until:
             recent.read_at = now  # the warm path: no new object
             self.recent.move_to_end(key)
             return
-        self.recent[key] = Recent(server, kind, caller, now, listing.fresh_until)
+        margin = min(5.0, REFRESH_SHARE * max(0.0, listing.fresh_until - now))
+        self.recent[key] = Recent(server, kind, caller, now, listing.fresh_until, margin)
         self.recent.move_to_end(key)
         while len(self.recent) > RECENT_LIMIT:
             self.recent.popitem(last=False)
 
     def refresh_due(self, now: float) -> list[Recent]:
         """Lists read within the last TTL whose freshness ends soon (or has ended)."""
-        margin = min(5.0, self.ttl * REFRESH_SHARE)
         return [
             r
             for r in self.recent.values()
-            if now - r.read_at < self.ttl and r.fresh_until - now < margin
+            if now - r.read_at < self.ttl and r.fresh_until - now < r.margin
         ]
 
     def start(self) -> None:
@@ -345,13 +362,15 @@ class Lists:
                 task.add_done_callback(self._refreshing.discard)
 
     async def _refresh_ahead(self, due: Recent) -> None:
+        generation = self._generations.get(due.server, 0)
         try:
             listing = await self.refresh(due.server, due.kind, due.caller)
         except (connection.UnavailableError, jsonrpc.RPCError) as e:
-            due.fresh_until = 0.0  # try again on the next round
+            due.fresh_until = self.clock() + RETRY_SECONDS - due.margin  # due again then
             log.debug("refresh ahead of %s %s failed: %s", due.server, due.kind.method, e)
             return
-        due.fresh_until = listing.fresh_until
+        if generation == self._generations.get(due.server, 0):
+            due.fresh_until = listing.fresh_until  # else an invalidation came: due at once
 
     def __repr__(self) -> str:
         return f"<Lists ttl={self.ttl:g}s recent={len(self.recent)} {self.flights!r}>"

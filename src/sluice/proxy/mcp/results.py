@@ -4,7 +4,9 @@ the proxy does not trust, so they are never enough on their own (FACTS.md).
 
 The key holds the server, the tool, the arguments in canonical JSON (keys sorted) and the
 caller's auth context, so two callers never share a result unless they are one auth context.
-A result with `isError: true` is never stored.
+A result with `isError: true` is never stored, nor one that is not whole (`input_required`),
+and a call that answers a server's request for input (`inputResponses`, `requestState`) is
+never answered from the cache.
 """
 
 from __future__ import annotations
@@ -61,14 +63,19 @@ class Results:
         return found
 
     async def put(self, key: str, result: dict[str, Any], ttl: float, now: float) -> None:
-        if result.get("isError") is True:
-            return
         value = store.pack(now, 0, orjson.dumps(result))
         with contextlib.suppress(store.UnavailableError):  # counted and logged by the backend
             await self.store.set(key, value, ttl)
 
-    def bypassed(self) -> None:
-        self._counters["bypass"].inc()
-
     def __repr__(self) -> str:
         return f"<Results rules={len(self.rules)} store={self.store!r}>"
+
+
+def cacheable_call(params: dict[str, Any]) -> bool:
+    """A call that is not a round of an input exchange, whose answer depends on more than
+    the tool and its arguments."""
+    return "inputResponses" not in params and "requestState" not in params
+
+
+def complete(result: dict[str, Any]) -> bool:
+    return result.get("isError") is not True and result.get("resultType", "complete") == "complete"

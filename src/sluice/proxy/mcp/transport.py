@@ -37,6 +37,8 @@ SSE_HEADERS: Headers = [
 NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 """Methods whose `Mcp-Name` header must name what their params name."""
 STREAMABLE = frozenset(NAMED_METHODS)
+PROGRESS_QUEUE = 64
+"""Progress notifications held for a caller that reads slowly; older ones make way."""
 CLIENT_ERRORS = frozenset(
     {
         jsonrpc.PARSE_ERROR,
@@ -194,13 +196,16 @@ class MCPRoutes:
         session: clients.Session | None,
     ) -> AsyncIterator[bytes]:
         """Progress notifications as they come, then the answer; closing it cancels the call."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(PROGRESS_QUEUE)
 
         async def progress(params: dict[str, Any]) -> None:
+            if queue.full():
+                queue.get_nowait()  # progress is lossy: a slow reader sees the latest, not all
             queue.put_nowait(clients.event(jsonrpc.notification("notifications/progress", params)))
 
         context = gateway.Context(context.modern, context.caller, progress)
         task = asyncio.get_running_loop().create_task(self.run(message, context, session))
+        getter: asyncio.Future[bytes] | None = None
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
@@ -215,6 +220,8 @@ class MCPRoutes:
                 answer = jsonrpc.error(message.id, e)
             yield clients.event(answer)
         finally:
+            if getter is not None:
+                getter.cancel()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -235,12 +242,12 @@ class MCPRoutes:
             return failure(406, error)
         if session.listener is not None:
             self.gateway.clients.stop_listening(session.listener)  # one stream per session
-        session.listener = self.gateway.clients.listen(None)
-        return Reply(200, list(SSE_HEADERS), stream=self.session_stream(session))
+        listener = session.listener = self.gateway.clients.listen(None)
+        return Reply(200, list(SSE_HEADERS), stream=self.session_stream(session, listener))
 
-    async def session_stream(self, session: clients.Session) -> AsyncIterator[bytes]:
-        listener = session.listener
-        assert listener is not None
+    async def session_stream(
+        self, session: clients.Session, listener: clients.Listener
+    ) -> AsyncIterator[bytes]:
         try:
             async for chunk in listener.stream():
                 yield chunk
