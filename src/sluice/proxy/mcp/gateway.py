@@ -83,7 +83,7 @@ class Gateway:
             server.name: connection.HTTPConnection(
                 server.name,
                 server.url,
-                headers_of(server, environ),
+                configured_headers(server, environ),
                 server.timeout_seconds,
                 config.limits.max_response_bytes,
                 pool,
@@ -300,6 +300,16 @@ def finished(result: dict[str, Any], modern: bool) -> dict[str, Any]:
     if not modern or "resultType" in result:
         return result
     return {**result, "resultType": "complete"}
+
+
+def configured_headers(server: MCPServerConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the gateway sends a server on its own account. A server that gets the callers'
+    own tokens never gets a configured `authorization` too: a caller without a token would
+    otherwise be let in with the proxy's."""
+    headers = headers_of(server, environ)
+    if server.forward_caller_auth:
+        headers.pop("authorization", None)
+    return headers
 
 
 def headers_of(server: MCPServerConfig, environ: Mapping[str, str]) -> dict[str, str]:
