@@ -530,3 +530,26 @@ async def test_redirects_are_not_followed_nor_do_forgetful_or_odd_servers_break_
                 assert (await r.json())["error"]["code"] in (-32602, -32020)
     finally:
         await runner.cleanup()
+
+
+async def test_a_caller_that_hangs_up_cancels_its_call_on_the_server(
+    start_proxy: ProxyFactory, mcp_normal: McpServer
+) -> None:
+    proxy = start_proxy(
+        {"mcp": {"servers": [{"name": "n", "url": mcp_normal.url}]}, "admin": {"port": free_port()}}
+    )
+    await tool_names(proxy)
+    call = asyncio.create_task(
+        modern(proxy, "tools/call", {"name": "n.sleep", "arguments": {"seconds": 30}})
+    )
+
+    async def sleeping() -> bool:
+        return mcp_normal.count("tools/call") >= 1
+
+    await eventually(sleeping)
+    call.cancel()  # the caller's connection closes
+
+    async def cancelled() -> bool:
+        return mcp_normal.count("cancelled/sleep") >= 1
+
+    await eventually(cancelled)

@@ -33,6 +33,7 @@ from sluice.proxy.http.asgi import (
     json_reply,
     read_request,
     send_reply,
+    until_hangup,
 )
 from sluice.proxy.llm import client, routes
 from sluice.proxy.mcp import gateway, transport
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Reply]]
 Accounts = tuple[metrics.CounterChild, metrics.HistogramChild]
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+HANGUP_CANCELS = frozenset({"mcp"})
+"""Routes whose work stops when the caller hangs up: for a 2026-07-28 MCP caller that is how a
+request is cancelled. (The LLM routes' flights and batches are shared, and go on for others.)"""
 
 
 class State(enum.Enum):
@@ -147,6 +151,8 @@ class ProxyApp:
             if self.state is State.DRAINING and route not in ("healthz", "readyz", "metrics"):
                 raise errors.shutting_down()
             request = await read_request(scope, receive, self.config.listen.max_body_bytes)
+            if route in HANGUP_CANCELS:
+                return await until_hangup(handler(request), receive)
             return await handler(request)
         except errors.ProxyError as e:
             return error_reply(e)

@@ -23,6 +23,8 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+CLIENT_CLOSED = 499
+"""The status counted for a request whose caller hung up before its answer (nginx's)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -147,6 +149,24 @@ async def send_stream(send: Send, reply: Reply) -> None:
     finally:
         await aclose(reply.stream)
     await send({"type": "http.response.body", "body": b""})
+
+
+async def until_hangup(work: Awaitable[Reply], receive: Receive) -> Reply:
+    """`work`'s reply; when the caller hangs up first, `work` is cancelled (and with it the
+    upstream request it waits on) and the reply is one nobody will read."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return Reply(CLIENT_CLOSED, [])
+    return task.result()
 
 
 async def disconnected(receive: Receive) -> None:
