@@ -212,6 +212,20 @@ async def test_two_api_keys_with_the_same_body_never_share_an_entry(
     assert len(simulator.calls_for("chat")) == 2
 
 
+async def test_the_query_and_behaviour_headers_keep_answers_apart(
+    setup: Setup, simulator: Simulator
+) -> None:
+    proxy = setup.proxy()
+    async with client(proxy) as c:
+        assert (await chat(c))[0] == "miss"
+        assert (await chat(c, extra_query={"api-version": "2024-10-21"}))[0] == "miss"
+        assert (await chat(c, extra_headers={"OpenAI-Beta": "assistants=v2"}))[0] == "miss"
+        assert (await chat(c, extra_headers={"OpenAI-Project": "proj_b"}))[0] == "miss"
+        assert (await chat(c, extra_query={"api-version": "2024-10-21"}))[0] == "hit"
+        assert (await chat(c, extra_headers={"X-Anything-Else": "1"}))[0] == "hit"
+    assert len(simulator.calls_for("chat")) == 4
+
+
 async def test_a_tenant_header_separates_callers_sharing_one_key(
     setup: Setup, simulator: Simulator
 ) -> None:

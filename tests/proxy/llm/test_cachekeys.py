@@ -160,4 +160,21 @@ def test_remembered_keys_are_bounded() -> None:
     assert len(keys._keys) <= 2
     big = {"model": "m", "prompt": "x" * 100}
     keys.key("completions", "t", orjson.dumps(big), big)
-    assert all(len(body) <= 64 for _, _, body in keys._keys)
+    assert all(len(body) <= 64 for *_, body in keys._keys)
+
+
+def test_the_query_and_the_varying_headers_keep_requests_apart_and_nothing_else_does() -> None:
+    plain = cachekeys.variant(b"", [(b"authorization", b"Bearer x"), (b"x-custom", b"1")])
+    assert plain == b""
+    beta = cachekeys.variant(b"", [(b"openai-beta", b"assistants=v2")])
+    project = cachekeys.variant(b"", [(b"openai-project", b"proj_a")])
+    azure = cachekeys.variant(b"api-version=2024-10-21", [])
+    keys = {
+        cachekeys.response_key("p:", "chat", "t", BASE, v) for v in (plain, beta, project, azure)
+    }
+    assert len(keys) == 4
+    shuffled = [(b"openai-project", b"p"), (b"openai-beta", b"b")]
+    assert cachekeys.variant(b"", shuffled) == cachekeys.variant(b"", shuffled[::-1])
+    memo = cachekeys.ResponseKeys("p:")
+    body = orjson.dumps(BASE)
+    assert memo.key("chat", "t", body, BASE, beta) != memo.key("chat", "t", body, BASE, plain)

@@ -26,7 +26,7 @@ with `keyspace.SHARED`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -47,6 +47,26 @@ NOT_IN_KEY = frozenset(
     }
 )
 _EMBEDDING_NOT_IN_KEY = NOT_IN_KEY | {"input"}
+VARYING_HEADERS = frozenset(
+    {
+        b"openai-beta",
+        b"openai-organization",
+        b"openai-project",
+        b"anthropic-version",
+        b"anthropic-beta",
+    }
+)
+"""Request headers that select the upstream's behaviour or who it bills: requests that differ
+in one (or in the query string, Azure's `api-version`) never share an entry, a flight or a
+merged call."""
+
+
+def variant(query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """What besides the body tells two requests apart: the query and `VARYING_HEADERS`."""
+    picked = sorted(b"%s=%s" % (k, v) for k, v in headers if k in VARYING_HEADERS)
+    if not query and not picked:
+        return b""
+    return query + b"\0" + b"\0".join(picked)
 
 
 def canonical(payload: Mapping[str, Any], skip: frozenset[str] = NOT_IN_KEY) -> bytes:
@@ -68,9 +88,11 @@ def model_of(payload: Mapping[str, Any]) -> str:
     return model if isinstance(model, str) else ""
 
 
-def response_key(prefix: str, kind: str, tenant: str, payload: Mapping[str, Any]) -> str:
+def response_key(
+    prefix: str, kind: str, tenant: str, payload: Mapping[str, Any], variant: bytes = b""
+) -> str:
     """The key of a whole chat or completions answer."""
-    material = f"{kind}\0{tenant}\0".encode() + canonical(payload)
+    material = f"{kind}\0{tenant}\0".encode() + variant + b"\0" + canonical(payload)
     digest = hashlib.blake2b(material, digest_size=16).hexdigest()
     return keyspace.layout(prefix, kind, tenant, model_of(payload), digest)
 
@@ -89,18 +111,25 @@ class ResponseKeys:
         self.prefix = prefix
         self.max_entries = max_entries
         self.max_body = max_body
-        self._keys: dict[tuple[str, str, bytes], str] = {}
+        self._keys: dict[tuple[str, str, bytes, bytes], str] = {}
 
-    def key(self, kind: str, tenant: str, body: bytes, payload: Mapping[str, Any]) -> str:
-        """The key of `payload`, which is `body` parsed."""
+    def key(
+        self,
+        kind: str,
+        tenant: str,
+        body: bytes,
+        payload: Mapping[str, Any],
+        variant: bytes = b"",
+    ) -> str:
+        """The key of `payload`, which is `body` parsed, sent with `variant`."""
         if len(body) > self.max_body:
-            return response_key(self.prefix, kind, tenant, payload)
-        memo = (kind, tenant, body)
+            return response_key(self.prefix, kind, tenant, payload, variant)
+        memo = (kind, tenant, variant, body)
         key = self._keys.get(memo)
         if key is None:
             if len(self._keys) >= self.max_entries:
                 self._keys.clear()
-            key = self._keys[memo] = response_key(self.prefix, kind, tenant, payload)
+            key = self._keys[memo] = response_key(self.prefix, kind, tenant, payload, variant)
         return key
 
     def __repr__(self) -> str:
@@ -114,11 +143,13 @@ class EmbeddingKeys:
     give one key; float and base64 entries are kept apart, each replayed exactly as received.
     """
 
-    def __init__(self, prefix: str, tenant: str, payload: Mapping[str, Any]) -> None:
+    def __init__(
+        self, prefix: str, tenant: str, payload: Mapping[str, Any], variant: bytes = b""
+    ) -> None:
         options = dict(payload)
         options.setdefault("encoding_format", "float")
         self._base = hashlib.blake2b(digest_size=16)
-        self._base.update(f"embeddings\0{tenant}\0".encode())
+        self._base.update(f"embeddings\0{tenant}\0".encode() + variant + b"\0")
         self._base.update(canonical(options, _EMBEDDING_NOT_IN_KEY) + b"\0")
         self._head = keyspace.layout(prefix, "embeddings", tenant, model_of(payload), "")
 

@@ -127,7 +127,7 @@ class Dispatcher:
         inputs = coalescing.parse(payload.get("input"))
         if inputs is None or self.embedder.closed:
             return await self._alone(EMBEDDINGS, request, caller, streaming=False)
-        key = (payer(caller), request.query, coalescing.group_key(payload, "input", inputs.kind))
+        key = (payer(caller), varies(request), coalescing.group_key(payload, "input", inputs.kind))
         part = Part(request, caller, payload, inputs)
         return await self.embedder.submit(key, part, len(inputs.items), inputs.tokens)
 
@@ -138,7 +138,7 @@ class Dispatcher:
         inputs = None if streaming else coalescing.parse(payload.get("prompt"))
         if inputs is None or choices_per_prompt(payload) is None or self.completer.closed:
             return await self._alone(COMPLETIONS, request, caller, streaming=streaming)
-        key = (payer(caller), request.query, coalescing.group_key(payload, "prompt", inputs.kind))
+        key = (payer(caller), varies(request), coalescing.group_key(payload, "prompt", inputs.kind))
         part = Part(request, caller, payload, inputs)
         return await self.completer.submit(key, part, len(inputs.items))
 
@@ -151,7 +151,7 @@ class Dispatcher:
         # The tenant too: with a proxy-held key every tenant has the same credentials, and one
         # tenant must not receive (or time) another's answer.
         body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        key = (payer(caller), caller.tenant, request.query, body)
+        key = (payer(caller), caller.tenant, varies(request), body)
         flight = self.flights.get(key)
         if flight is None:
             flight = self.flights.launch((key,), self._fly(request, caller))
@@ -264,6 +264,12 @@ def divided(reply: Reply, parts: list[Part], split: Split) -> list[Reply]:
 def copy(reply: Reply) -> Reply:
     """The same answer for another caller (layers above may add headers to theirs)."""
     return Reply(reply.status, list(reply.headers), reply.body)
+
+
+def varies(request: Request) -> bytes:
+    """What else keeps requests apart: a merged call is sent with its first caller's query and
+    headers, so callers whose `cachekeys.VARYING_HEADERS` differ never share one."""
+    return cachekeys.variant(request.query, request.headers)
 
 
 def payer(caller: Caller) -> tuple[str | None, ...]:

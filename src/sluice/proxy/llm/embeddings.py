@@ -96,7 +96,8 @@ class EmbeddingCache:
             return responses.tagged(await fetch(request, payload), b"bypass")
         if self.config.share_across_tenants:
             tenant = keyspace.SHARED
-        maker = cachekeys.EmbeddingKeys(self.prefix, tenant, payload)
+        variant = cachekeys.variant(request.query, request.headers)
+        maker = cachekeys.EmbeddingKeys(self.prefix, tenant, payload, variant)
         keys = [maker.key(item) for item in inputs.items]
         by_key = dict(zip(keys, inputs.items, strict=True))
         gathered = Gathered()

@@ -107,7 +107,8 @@ class ResponseCache:
                 return tagged(await fetch(request, payload), b"bypass")
         if self.config.share_across_tenants:
             tenant = keyspace.SHARED
-        key = self.keys.key(kind, tenant, request.body, payload)
+        variant = cachekeys.variant(request.query, request.headers)
+        key = self.keys.key(kind, tenant, request.body, payload, variant)
         streamed = payload.get("stream") is True
         include_usage = streamed and _include_usage(payload)
         if read:
