@@ -24,6 +24,7 @@ from sluice.proxy import admin, metrics, sampler
 from sluice.proxy.cache import backends, store
 from sluice.proxy.http import errors, paths
 from sluice.proxy.http.asgi import (
+    CLIENT_CLOSED,
     Receive,
     Reply,
     Request,
@@ -152,7 +153,8 @@ class ProxyApp:
                 raise errors.shutting_down()
             request = await read_request(scope, receive, self.config.listen.max_body_bytes)
             if route in HANGUP_CANCELS:
-                return await until_hangup(handler(request), receive)
+                reply = await until_hangup(handler(request), receive)
+                return reply if reply is not None else Reply(CLIENT_CLOSED, [])
             return await handler(request)
         except errors.ProxyError as e:
             return error_reply(e)

@@ -10,11 +10,10 @@ the running loop can see. The loop-lag probe is the one cost that recurs: one wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
-from sluice.proxy import metrics
+from sluice.proxy import metrics, tasks
 from sluice.proxy.upstream import sessions
 
 INTERVAL_SECONDS = 1.0
@@ -34,11 +33,8 @@ class Sampler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice-sampler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -8,11 +8,10 @@ operations are atomic without locks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
-from sluice.proxy import metrics
+from sluice.proxy import metrics, tasks
 from sluice.proxy.cache import keyspace, lru
 
 SWEEP_SECONDS = 1.0
@@ -42,11 +41,8 @@ class MemoryCache:
         self._sweeper = loop.create_task(self._sweep_forever(), name=f"sluice-{self.name}-sweep")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await tasks.cancel(self._sweeper)
+        self._sweeper = None
 
     async def get(self, key: str) -> bytes | None:
         return self.store.get(key, self.clock())

@@ -7,13 +7,13 @@ ASGI callable on uvicorn at about twice the rate of the alternatives).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from sluice.proxy import tasks
 from sluice.proxy.http import errors
 
 Scope = MutableMapping[str, Any]
@@ -21,6 +21,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 CLIENT_CLOSED = 499
@@ -122,19 +123,8 @@ async def send_reply(send: Send, reply: Reply, receive: Receive | None = None) -
         return
     if receive is None:
         await send_stream(send, reply)
-        return
-    pump = asyncio.ensure_future(send_stream(send, reply))
-    watch = asyncio.ensure_future(disconnected(receive))
-    try:
-        await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not pump.done():
-            pump.cancel()  # the caller left: closing the stream stops what feeds it
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-    if not pump.cancelled():
-        pump.result()
+    else:
+        await until_hangup(send_stream(send, reply), receive)  # closing it stops its source
 
 
 async def send_stream(send: Send, reply: Reply) -> None:
@@ -151,22 +141,17 @@ async def send_stream(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def until_hangup(work: Awaitable[Reply], receive: Receive) -> Reply:
-    """`work`'s reply; when the caller hangs up first, `work` is cancelled (and with it the
-    upstream request it waits on) and the reply is one nobody will read."""
+async def until_hangup(work: Awaitable[T], receive: Receive) -> T | None:
+    """`work`'s result; None when the caller hung up first, and `work` was cancelled (and with
+    it whatever upstream request or stream it was waiting on)."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(disconnected(receive))
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return Reply(CLIENT_CLOSED, [])
-    return task.result()
+        await tasks.cancel(watch)
+        await tasks.cancel(task)
+    return None if task.cancelled() else task.result()
 
 
 async def disconnected(receive: Receive) -> None:

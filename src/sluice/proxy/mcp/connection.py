@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from sluice.proxy import metrics
+from sluice.proxy import metrics, tasks
 from sluice.proxy.http import errors
-from sluice.proxy.mcp import jsonrpc
+from sluice.proxy.mcp import clients, jsonrpc
 from sluice.proxy.upstream import sessions
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ MODERN = "2026-07-28"
 HANDSHAKE = "2025-11-25"
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", HANDSHAKE)
 CLIENT_INFO = {"name": "sluice", "version": metadata.version("sluice-operator")}
-LIST_CHANGED = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
+LIST_CHANGED = {field: True for field in clients.LIST_FILTERS.values()}
+"""Every list change, asked for on a 2026-07-28 server's `subscriptions/listen`."""
 RECONNECT_SECONDS = (0.5, 30.0)
 """Backoff of the notification listener: first wait, ceiling."""
 
@@ -108,11 +109,8 @@ class HTTPConnection:
         self._listener = loop.create_task(self._listen_forever(), name=f"sluice-mcp-{self.name}")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await tasks.cancel(self._listener)
+        self._listener = None
         if self.session_id is not None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, UnavailableError):
                 async with asyncio.timeout(2):
@@ -300,8 +298,9 @@ class HTTPConnection:
         if self.era == MODERN:
             headers["mcp-protocol-version"] = MODERN
             headers["mcp-method"] = method
-            name = params.get("name") if method != "resources/read" else params.get("uri")
-            if isinstance(name, str) and method in ("tools/call", "prompts/get", "resources/read"):
+            field = jsonrpc.NAMED_METHODS.get(method)
+            name = params.get(field) if field is not None else None
+            if isinstance(name, str):
                 headers["mcp-name"] = name
         elif self.era == HANDSHAKE and method != "initialize":
             headers["mcp-protocol-version"] = self.protocol_version

@@ -25,6 +25,10 @@ REQUEST_CANCELLED = -32800
 
 RequestId = str | int
 
+NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+"""Methods whose param names what they act on: sent as `Mcp-Name` at 2026-07-28, and checked
+against that header by the gateway's transport."""
+
 
 class RPCError(Exception):
     """A JSON-RPC error to answer with: `code`, `message`, and optional `data`."""

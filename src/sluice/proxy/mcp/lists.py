@@ -26,6 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 
 from sluice.api import MCPConfig
-from sluice.proxy import metrics
+from sluice.proxy import metrics, tasks
 from sluice.proxy.cache import flights, keyspace, store
 from sluice.proxy.mcp import catalog, connection, jsonrpc
 
@@ -201,7 +202,10 @@ class Lists:
         known = self._decoded.get(key)
         if known is not None and known[0] == value:
             return known[1]
-        listing = Listing.decode(store.unpack(value)[2])
+        try:
+            listing = Listing.decode(store.unpack(value)[2])
+        except (ValueError, KeyError, TypeError, struct.error):
+            return None  # not a value this gateway wrote (another writer under the prefix)
         if len(self._decoded) >= DECODED_LIMIT:
             self._decoded.clear()
         self._decoded[key] = (value, listing)
@@ -343,11 +347,8 @@ class Lists:
             self._refresher = loop.create_task(self._refresh_forever(), name="sluice-mcp-lists")
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        await tasks.cancel(self._refresher)
+        self._refresher = None
         for task in list(self._refreshing):
             task.cancel()
         await self.flights.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import struct
 from typing import Any
 
 import orjson
@@ -58,8 +59,14 @@ class Results:
         if value is None:
             self._counters["miss"].inc()
             return None
+        try:
+            found = orjson.loads(store.unpack(value)[2])
+        except (ValueError, struct.error):
+            found = None  # not a value this gateway wrote (another writer under the prefix)
+        if not isinstance(found, dict):
+            self._counters["miss"].inc()
+            return None
         self._counters["hit"].inc()
-        found: dict[str, Any] = orjson.loads(store.unpack(value)[2])
         return found
 
     async def put(self, key: str, result: dict[str, Any], ttl: float, now: float) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from sluice.api import MCPConfig
 from sluice.proxy.http.asgi import Headers, Reply, Request
-from sluice.proxy.mcp import clients, gateway, jsonrpc
+from sluice.proxy.mcp import clients, gateway, jsonrpc, lists
 
 PATH = "/mcp"
 JSON = (b"content-type", b"application/json")
@@ -34,9 +34,7 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
-NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-"""Methods whose `Mcp-Name` header must name what their params name."""
-STREAMABLE = frozenset(NAMED_METHODS)
+STREAMABLE = frozenset(jsonrpc.NAMED_METHODS)
 PROGRESS_QUEUE = 64
 """Progress notifications held for a caller that reads slowly; older ones make way."""
 CLIENT_ERRORS = frozenset(
@@ -73,15 +71,16 @@ class MCPRoutes:
             message = jsonrpc.parse(request.body)
         except jsonrpc.RPCError as e:
             return failure(400, e)
+        caller = self.gateway.caller(request.header(b"authorization"))
         if message.method == "initialize":
-            return self.initialize(message, request)
+            return self.initialize(message, caller)
         session_id = request.header(b"mcp-session-id")
         if session_id is not None:
-            session = self.find(session_id, request)
+            session = self.gateway.clients.find(session_id.decode("latin-1"), caller.context)
             if session is None:
                 error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Session not found")
                 return failure(404, error, message.id)
-            return await self.answer(message, request, modern=False, session=session)
+            return await self.answer(message, request, caller, modern=False, session=session)
         if modern(message, request) or message.method == "server/discover":
             mismatch = header_mismatch(message, request)
             if mismatch is not None:
@@ -96,14 +95,15 @@ class MCPRoutes:
                     {"supported": supported, "requested": version},
                 )
                 return failure(400, error, message.id)
-            return await self.answer(message, request, modern=True, session=None)
+            return await self.answer(message, request, caller, modern=True, session=None)
         error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Bad Request: no valid session ID")
         return failure(400, error, message.id)
 
-    def initialize(self, message: jsonrpc.Message, request: Request) -> Reply:
+    def initialize(self, message: jsonrpc.Message, caller: lists.Caller) -> Reply:
+        """A new session, belonging to the credentials that made it: an id that leaked is no
+        use to anyone else (another caller gets 404)."""
         result = self.gateway.initialize(message.params)
-        context = self.gateway.caller(request.header(b"authorization")).context
-        session = self.gateway.clients.open(result["protocolVersion"], context)
+        session = self.gateway.clients.open(result["protocolVersion"], caller.context)
         headers = [JSON, (b"mcp-session-id", session.id.encode())]
         return Reply(200, headers, jsonrpc.result(message.id, result))
 
@@ -111,6 +111,7 @@ class MCPRoutes:
         self,
         message: jsonrpc.Message,
         request: Request,
+        caller: lists.Caller,
         *,
         modern: bool,
         session: clients.Session | None,
@@ -118,7 +119,6 @@ class MCPRoutes:
         if not message.is_request:
             self.notification(message, session)
             return Reply(202, [])
-        caller = self.gateway.caller(request.header(b"authorization"))
         if message.method == "subscriptions/listen" and modern:
             return self.listen(message)
         if message.method in STREAMABLE and wants_progress(message, request):
@@ -230,9 +230,6 @@ class MCPRoutes:
 
     async def get(self, request: Request) -> Reply:
         """A session's stream of notifications (session-based revisions)."""
-        refused = self.refused(request)
-        if refused is not None:
-            return refused
         session = self.session_of(request)
         if isinstance(session, Reply):
             return session
@@ -257,9 +254,6 @@ class MCPRoutes:
                 session.listener = None
 
     async def delete(self, request: Request) -> Reply:
-        refused = self.refused(request)
-        if refused is not None:
-            return refused
         session = self.session_of(request)
         if isinstance(session, Reply):
             return session
@@ -267,8 +261,12 @@ class MCPRoutes:
         return Reply(200, [JSON], b"{}")
 
     def session_of(self, request: Request) -> clients.Session | Reply:
-        """The session a GET or DELETE names; the stateless revision has none (405, as the
-        SDK's servers answer), and a session-based caller must name one (400, 404)."""
+        """The session a GET or DELETE names, or the answer refusing it: an `Origin` not
+        allowed (403); the stateless revision has none (405, as the SDK's servers answer), and a
+        session-based caller must name one (400, 404)."""
+        refused = self.refused(request)
+        if refused is not None:
+            return refused
         version = request.header(b"mcp-protocol-version")
         if version is not None and version.decode("latin-1") in gateway.MODERN_VERSIONS:
             error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "The 2026-07-28 revision uses POST")
@@ -277,16 +275,11 @@ class MCPRoutes:
         if session_id is None:
             error = jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Bad Request: no valid session ID")
             return failure(400, error)
-        session = self.find(session_id, request)
+        context = self.gateway.caller(request.header(b"authorization")).context
+        session = self.gateway.clients.find(session_id.decode("latin-1"), context)
         if session is None:
             return failure(404, jsonrpc.RPCError(jsonrpc.INVALID_REQUEST, "Session not found"))
         return session
-
-    def find(self, session_id: bytes, request: Request) -> clients.Session | None:
-        """The session, if it is this caller's: a session belongs to the credentials that made
-        it, so an id that leaked is no use to anyone else (another caller gets 404)."""
-        context = self.gateway.caller(request.header(b"authorization")).context
-        return self.gateway.clients.find(session_id.decode("latin-1"), context)
 
     def refused(self, request: Request) -> Reply | None:
         """403 for a browser `Origin` the policy does not allow (DNS rebinding)."""
@@ -343,7 +336,7 @@ def header_mismatch(message: jsonrpc.Message, request: Request) -> str | None:
         return None if not message.is_request else "Mcp-Method header missing"
     if method.decode("latin-1") != message.method:
         return "Mcp-Method header does not match the body's method"
-    field = NAMED_METHODS.get(message.method)
+    field = jsonrpc.NAMED_METHODS.get(message.method)
     if field is not None:
         name = request.header(b"mcp-name")
         value = message.params.get(field)
