@@ -22,6 +22,10 @@ class RedisSettings(Model):
     """Time allowed for one Redis operation before the cache is bypassed for that request."""
     key_prefix: str = Field(default="sluice:", max_length=64)
     """Prefix of every key the proxy writes, so one Redis can serve several policies."""
+    cluster: bool = False
+    """The URL names one node of a Redis Cluster (`redis://` or `rediss://`, database 0): the
+    proxy learns the others from it and spreads the keys over every primary. A Sentinel-watched
+    primary needs no flag: its URL says so (`redis+sentinel://…`)."""
 
 
 class StoreSettings(Model):
