@@ -218,12 +218,17 @@ def redis_cluster(tmp_path: pathlib.Path) -> Iterator[RedisClusterSet]:
                 tmp_path,
                 port,
                 extra=[
-                    "--cluster-enabled", "yes",
-                    "--cluster-port", str(bus),
-                    "--cluster-config-file", str(tmp_path / f"nodes-{port}.conf"),
-                    "--cluster-node-timeout", "1000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(bus),
+                    "--cluster-config-file",
+                    str(tmp_path / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "1000",
                     # Replicas take over however long they were cut off: tests kill at will.
-                    "--cluster-replica-validity-factor", "0",
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ],
             )
         )
