@@ -207,3 +207,30 @@ async def test_a_killed_primary_is_a_short_bypass_and_caching_resumes_after_fail
     )
     assert failed > 0
     assert "the cache is bypassed" in proxy.log()
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        pytest.param({"cluster": True}, "redis://127.0.0.1:{port}", id="cluster"),
+        pytest.param({}, "redis+sentinel://127.0.0.1:{port}/sluice", id="sentinel"),
+    ],
+)
+async def test_a_proxy_whose_redis_is_unreachable_at_start_up_starts_and_bypasses(
+    start_proxy: ProxyFactory, simulator: Simulator, settings: dict[str, Any], url: str
+) -> None:
+    nowhere = url.format(port=free_port())  # nothing listens there
+    config = {
+        "llm": {
+            "upstream": {"url": simulator.url, "retry": {"maxAttempts": 1}},
+            "batching": {"enabled": False},
+            "cache": {"backend": "redis", "redis": settings},
+        }
+    }
+    proxy = start_proxy(config, env={"REDIS_URL": nowhere})
+    async with client(proxy) as c:
+        results = [await chat(c, "hello") for _ in range(3)]
+    assert [r for r, _ in results] == ["bypass"] * 3
+    assert all(text for _, text in results)
+    assert len(simulator.calls_for("chat")) == 3
+    assert "redis not reachable at start-up" in proxy.log()

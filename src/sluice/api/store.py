@@ -17,7 +17,8 @@ class RedisSettings(Model):
     """How the proxy talks to Redis; where Redis is comes from a secret (config or CRD side)."""
 
     pool_size: int = Field(default=32, ge=1, le=4096)
-    """Connections in the Redis connection pool."""
+    """Connections in the Redis connection pool (on a cluster: to each node), and so the Redis
+    commands in flight at once; more wait, within `timeoutMilliseconds`."""
     timeout_milliseconds: int = Field(default=50, ge=1, le=60000)
     """Time allowed for one Redis operation before the cache is bypassed for that request."""
     key_prefix: str = Field(default="sluice:", max_length=64)
