@@ -20,7 +20,7 @@ import pathlib
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,10 +41,10 @@ def binary(name: str, package: str) -> str:
     return found
 
 
-def wait_for(what: str, check: object, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = READY_TIMEOUT_SECONDS) -> None:
     """Poll `check()` until it is true; RuntimeError naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.1)
