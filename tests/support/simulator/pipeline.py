@@ -37,7 +37,7 @@ async def serve(
         call.fault = fault.mode
         if fault.mode in ("close", "reset"):
             return _drop_connection(request, rst=fault.mode == "reset")  # status stays None
-    ctx = endpoints.Ctx(request, raw, body, config, call, request_id)
+    ctx = endpoints.Ctx(request, raw, body, config, call, request_id, shared)
     try:
         reply = _compute(ctx, handler, fault)
     except protocol.ApiError as err:
