@@ -106,7 +106,8 @@ def _compute(
     protocol.check_auth(ctx.request, ctx.config)
     if fault is not None and fault.mode == "status":
         raise protocol.fault_error(fault)
-    if ctx.body is protocol.INVALID_JSON:
+    multipart = ctx.request.content_type == "multipart/form-data"  # a file upload
+    if ctx.body is protocol.INVALID_JSON and not multipart:
         raise protocol.ApiError(
             400,
             "We could not parse the JSON body of your request. (HINT: This likely means you "
