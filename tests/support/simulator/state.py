@@ -236,7 +236,7 @@ class State:
         # Only the simulator loop draws from it, so it needs no lock.
         self.seq = itertools.count(1)
         self.batch_calls: deque[CallRecord] = deque(maxlen=config.call_log_limit)
-        # Files and Batch API jobs (:mod:`.batches`); kept across `reset` like real storage.
+        # Files and Batch API jobs (:mod:`.batches`).
         self.files: dict[str, Any] = {}
         self.batches: dict[str, Any] = {}
         self.batch_faults: deque[Any] = deque()
@@ -247,6 +247,8 @@ class State:
                 self.config = self.initial
             self.faults.clear()
             self.batch_faults.clear()
+            self.files.clear()
+            self.batches.clear()
             self.calls = deque(maxlen=self.config.call_log_limit)
             self.batch_calls = deque(maxlen=self.config.call_log_limit)
             self.calls_by_endpoint.clear()
