@@ -295,3 +295,40 @@ async def test_a_1000_request_eval_costs_half_as_much_deferred_as_sent_plainly(
             f"calls; deferred ${deferred.dollars:.6f} in {len(jobs)} Batch API "
             f"jobs ({deferred.batch_items} items)"
         )
+
+
+async def test_embeddings_and_completions_deferred_answer_as_their_synchronous_calls_do(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy(config(simulator, enabled=True))  # the route defers: no header needed
+    async with client(proxy) as c:
+        embedded, completed = await asyncio.gather(
+            c.embeddings.create(model="text-embedding-3-small", input=["one", "two"]),
+            c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi"),
+        )
+        assert {job["endpoint"] for job in simulator.batch_jobs()} == {
+            "/v1/embeddings",
+            "/v1/completions",
+        }
+        assert simulator.calls_for("embeddings") == []
+        plain_embedded = await c.embeddings.create(
+            model="text-embedding-3-small",
+            input=["one", "two"],
+            extra_headers={"x-sluice-deferred": "false"},
+        )
+    assert [e.embedding for e in embedded.data] == [e.embedding for e in plain_embedded.data]
+    assert embedded.usage == plain_embedded.usage
+    assert completed.choices[0].text.startswith("Completion of: Say hi")
+
+
+async def test_another_replica_answers_a_jobs_get_from_the_shared_redis(
+    start_proxy: ProxyFactory, simulator: Simulator, redis_server: RedisServer
+) -> None:
+    settings = config(simulator, cache={"backend": "redis"})
+    env = {"REDIS_URL": redis_server.url}
+    one, two = start_proxy(settings, env), start_proxy(settings, env)
+    async with client(one) as c:
+        location = await submit_async(c, "ask one, collect from two")
+    completion = await collect(two, location)
+    assert echoed(completion).startswith("Echo: ask one, collect from two ")
+    assert (await get(two, location, "sk-mallory"))[0] == 404

@@ -6,12 +6,13 @@ import pytest
 
 from sluice.api import DeferredSettings
 from sluice.proxy.http import errors
-from sluice.proxy.http.asgi import Request
 from sluice.proxy.llm.deferred import asks
 
 
-def request(*headers: tuple[bytes, bytes]) -> Request:
-    return Request("POST", "/v1/chat/completions", b"", list(headers), b"{}")
+def request(*headers: tuple[bytes, bytes]) -> tuple[bytes | None, bytes | None]:
+    """The two headers `asks.of` reads, from a request's headers."""
+    found = dict(headers)
+    return found.get(asks.HEADER), found.get(b"prefer")
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def request(*headers: tuple[bytes, bytes]) -> Request:
     ],
 )
 def test_the_header_names_the_deadline(value: bytes, seconds: float) -> None:
-    ask = asks.of(request((asks.HEADER, value)), {}, DeferredSettings())
+    ask = asks.of(*request((asks.HEADER, value)), {}, DeferredSettings())
     assert ask == asks.Ask(seconds, respond_async=False)
 
 
@@ -43,24 +44,24 @@ def test_the_header_names_the_deadline(value: bytes, seconds: float) -> None:
 )
 def test_a_bad_deadline_is_a_400_naming_the_header(value: bytes) -> None:
     with pytest.raises(errors.ProxyError) as caught:
-        asks.of(request((asks.HEADER, value)), {}, DeferredSettings())
+        asks.of(*request((asks.HEADER, value)), {}, DeferredSettings())
     assert caught.value.status == 400
     assert caught.value.param == "x-sluice-deferred"
 
 
 def test_without_the_header_only_a_deferred_route_defers_and_false_opts_out() -> None:
     off, on = DeferredSettings(), DeferredSettings(enabled=True, default_deadline_seconds=600)
-    assert asks.of(request(), {}, off) is None
-    assert asks.of(request(), {}, on) == asks.Ask(600, respond_async=False)
-    assert asks.of(request((asks.HEADER, b"false")), {}, on) is None
+    assert asks.of(*request(), {}, off) is None
+    assert asks.of(*request(), {}, on) == asks.Ask(600, respond_async=False)
+    assert asks.of(*request((asks.HEADER, b"false")), {}, on) is None
 
 
 def test_a_stream_that_asks_is_refused_and_one_that_does_not_is_left_alone() -> None:
     on = DeferredSettings(enabled=True)
     with pytest.raises(errors.ProxyError) as caught:
-        asks.of(request((asks.HEADER, b"1h")), {"stream": True}, on)
+        asks.of(*request((asks.HEADER, b"1h")), {"stream": True}, on)
     assert "streaming" in caught.value.message
-    assert asks.of(request(), {"stream": True}, on) is None
+    assert asks.of(*request(), {"stream": True}, on) is None
 
 
 @pytest.mark.parametrize(
@@ -74,6 +75,6 @@ def test_a_stream_that_asks_is_refused_and_one_that_does_not_is_left_alone() -> 
     ],
 )
 def test_prefer_respond_async(prefer: bytes, wanted: bool) -> None:
-    ask = asks.of(request((asks.HEADER, b"1h"), (b"prefer", prefer)), {}, DeferredSettings())
+    ask = asks.of(*request((asks.HEADER, b"1h"), (b"prefer", prefer)), {}, DeferredSettings())
     assert ask is not None
     assert ask.respond_async is wanted

@@ -14,7 +14,6 @@ from typing import Any
 
 from sluice.api import DeferredSettings
 from sluice.proxy.http import errors
-from sluice.proxy.http.asgi import Request
 
 HEADER = b"x-sluice-deferred"
 WINDOW_SECONDS = 86400.0
@@ -33,9 +32,11 @@ class Ask:
     """Answer 202 with the job's location at once, rather than hold the connection."""
 
 
-def of(request: Request, payload: dict[str, Any], settings: DeferredSettings) -> Ask | None:
-    """The request's `Ask`, None when it is not deferred; a 400 `ProxyError` for a bad ask."""
-    raw = request.header(HEADER)
+def of(
+    raw: bytes | None, prefer: bytes | None, payload: dict[str, Any], settings: DeferredSettings
+) -> Ask | None:
+    """The `Ask` of a request with these `x-sluice-deferred` and `Prefer` headers and body; None
+    when it is not deferred; a 400 `ProxyError` for a bad ask."""
     value = raw.decode("latin-1").strip().lower() if raw is not None else None
     if value == "false" or (value is None and not settings.enabled):
         return None
@@ -47,7 +48,7 @@ def of(request: Request, payload: dict[str, Any], settings: DeferredSettings) ->
         deadline = settings.default_deadline_seconds
     else:
         deadline = duration(value)
-    return Ask(deadline, respond_async=prefers_async(request.header(b"prefer")))
+    return Ask(deadline, respond_async=prefers_async(prefer))
 
 
 def duration(value: str) -> float:

@@ -94,7 +94,11 @@ class Deferral:
         await self.store.close()
 
     def ask(self, request: Request, payload: dict[str, Any]) -> asks.Ask | None:
-        return asks.of(request, payload, self.settings)
+        if not self.settings.enabled and request.header(asks.HEADER) is None:
+            return None  # the common case, decided without looking further
+        return asks.of(
+            request.header(asks.HEADER), request.header(b"prefer"), payload, self.settings
+        )
 
     # --- a deferred request -------------------------------------------------------------------
 
