@@ -175,13 +175,21 @@ class DeferredSettings(Model):
     """How long a finished job's answer is kept for `GET /v1/sluice/jobs/{id}`."""
     savings_ratio: float = Field(default=0.5, ge=0, le=1)
     """Share of the synchronous price a batched item saves (OpenAI's Batch API: 50%)."""
-    prices: dict[str, ModelPrice] = Field(default_factory=dict, max_length=256)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
     """Synchronous prices by model name, for the estimated-savings metric; models not named
     count their tokens only."""
     store: Literal["auto", "memory", "redis"] = "auto"
     """Where pending items, job ids and results live: `redis` (the cache's Redis; survives
     restarts and is shared by replicas), `memory` (one replica only), or `auto` (Redis when the
     cache uses it)."""
+
+
+def deferred_store(deferred: DeferredSettings, cache: CacheSettings) -> Literal["memory", "redis"]:
+    """Where deferred state lives for these settings: the one rule the proxy and the operator's
+    status both follow (`auto` is Redis when the cache uses Redis)."""
+    if deferred.store != "auto":
+        return deferred.store
+    return "memory" if cache.backend == "memory" or cache.mode == "off" else "redis"
 
 
 class LLMSettings(Model):

@@ -293,6 +293,15 @@ class PolicyStatus(Model):
     started; unset until the proxies have served a look-up."""
 
 
+class LLMBatchPolicyStatus(PolicyStatus):
+    """What the operator made of the policy, and where its deferred jobs live."""
+
+    deferred_store: Literal["redis", "memory"] | None = None
+    """Where deferred mode keeps pending items, job ids and results: `redis` (shared by the
+    replicas, kept across restarts) or `memory` (works on one replica only: a job is known only
+    to the pod that took it, and lost when that pod restarts)."""
+
+
 class ToolCachePolicyStatus(PolicyStatus):
     """What the operator made of the policy, and what its proxies' metrics say of its servers."""
 
@@ -380,8 +389,9 @@ KINDS: dict[str, Kind] = {
             model=LLMBatchPolicy,
             spec=LLMBatchPolicySpec,
             spec_required=False,
-            status=PolicyStatus,
+            status=LLMBatchPolicyStatus,
             caches=frozenset({"chat", "completions", "embeddings"}),
+            columns=({"name": "Deferred", "type": "string", "jsonPath": ".status.deferredStore"},),
         ),
         Kind(
             kind="ToolCachePolicy",
