@@ -101,11 +101,16 @@ def echoed(completion: ChatCompletion) -> str:
     return completion.choices[0].message.content or ""
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 async def test_200_deferred_chats_become_at_most_ceil_200_over_max_jobs_each_caller_its_own_answer(
-    start_proxy: ProxyFactory, simulator: Simulator
+    store: str, start_proxy: ProxyFactory, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:
     simulator.configure(batch_delay_ms=200)
-    proxy = start_proxy(config(simulator, maxItemsPerBatch=64))
+    env = {}
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    settings = config(simulator, maxItemsPerBatch=64, store=store)
+    proxy = start_proxy(settings, env)
     async with client(proxy) as c:
         answers = await asyncio.gather(*(ask(c, f"question number {i}") for i in range(200)))
         for i, (completion, headers) in enumerate(answers):

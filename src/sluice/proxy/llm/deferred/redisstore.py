@@ -57,7 +57,11 @@ class RedisJobStore:
     def from_config(
         cls, config: RedisConfig, environ: Mapping[str, str], result_ttl: float
     ) -> RedisJobStore:
-        client = rediscache.RedisCache.from_config(config, environ).client
+        # The cache's request-path deadline (tens of milliseconds, waiting for a pooled
+        # connection included) would refuse a burst of deferred requests; these are kept
+        # for hours, so they get the longer one.
+        patient = config.model_copy(update={"timeout_milliseconds": int(TIMEOUT_SECONDS * 1000)})
+        client = rediscache.RedisCache.from_config(patient, environ).client
         return cls(client, config.key_prefix, result_ttl)
 
     async def start(self) -> None:
