@@ -337,3 +337,24 @@ async def test_another_replica_answers_a_jobs_get_from_the_shared_redis(
     completion = await collect(two, location)
     assert echoed(completion).startswith("Echo: ask one, collect from two ")
     assert (await get(two, location, "sk-mallory"))[0] == 404
+
+
+async def test_the_query_and_billing_headers_of_a_group_go_with_its_batch_api_calls(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy(config(simulator))
+    async with openai.AsyncOpenAI(
+        base_url=proxy.url,
+        api_key="sk-azure",
+        max_retries=0,
+        default_query={"api-version": "2025-01-01"},
+        organization="org-a",
+    ) as c:
+        completion, _ = await ask(c, "with a version")
+    assert echoed(completion).startswith("Echo: with a version ")
+    calls = simulator.calls_for("files") + simulator.calls_for("batches")
+    assert calls
+    for call in calls:
+        assert call.path.endswith("?api-version=2025-01-01"), call.path
+        assert call.authorization == "Bearer sk-azure"
+        assert call.headers["openai-organization"] == "org-a"

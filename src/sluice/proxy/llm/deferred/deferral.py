@@ -80,7 +80,7 @@ class Deferral:
             self.latency,
             self.send,
             self.notify,
-            self.headers,
+            self.route,
             clock,
         )
         self.waiters: dict[str, asyncio.Future[None]] = {}
@@ -190,6 +190,9 @@ class Deferral:
         """The headers a group's calls go with, the proxy's own key applied."""
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in group.headers.items()]
         return self.upstream.outgoing_headers(raw)
+
+    def route(self, group: records.Group) -> provider.Route:
+        return provider.Route(self.headers(group), group.query)
 
     async def send(self, group: records.Group, item: records.Item) -> Reply:
         """The item sent synchronously, as its caller would have: through the dispatcher."""

@@ -10,6 +10,7 @@ either a `response` (`status_code`, `request_id`, `body`) or an `error` (`code`,
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from typing import Any
 
@@ -22,6 +23,21 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 COMPLETION_WINDOW = "24h"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    """How one group's calls are sent: its headers (the proxy's key applied) and the query
+    string its callers sent (Azure's `api-version`)."""
+
+    headers: dict[str, str]
+    query: str = ""
+
+    def path(self, path: str) -> str:
+        return f"{path}?{self.query}" if self.query else path
+
+    def with_type(self, content_type: str) -> dict[str, str]:
+        return {**self.headers, "content-type": content_type}
+
+
 class ProviderError(Exception):
     """The Batch API refused or could not be reached; the caller tries again later."""
 
@@ -32,35 +48,38 @@ class BatchAPI:
     def __init__(self, upstream: client.Upstream) -> None:
         self.upstream = upstream
 
-    async def upload(self, headers: dict[str, str], content: bytes) -> str:
+    async def upload(self, route: Route, content: bytes) -> str:
         """Upload a JSONL input file; its file id."""
         boundary = "sluice" + secrets.token_hex(12)
         body = multipart(boundary, content)
-        sent = {**headers, "content-type": f"multipart/form-data; boundary={boundary}"}
-        answer = await self._call("files", "POST", "/files", sent, body)
+        sent = route.with_type(f"multipart/form-data; boundary={boundary}")
+        answer = await self._call("files", "POST", route.path("/files"), sent, body)
         return str(answer["id"])
 
-    async def create(self, headers: dict[str, str], file_id: str, endpoint: str) -> dict[str, Any]:
+    async def create(self, route: Route, file_id: str, endpoint: str) -> dict[str, Any]:
         request = {
             "input_file_id": file_id,
             "endpoint": endpoint,
             "completion_window": COMPLETION_WINDOW,
             "metadata": {"created_by": "sluice"},
         }
-        sent = {**headers, "content-type": "application/json"}
-        return await self._call("batches", "POST", "/batches", sent, orjson.dumps(request))
+        sent, body = route.with_type("application/json"), orjson.dumps(request)
+        return await self._call("batches", "POST", route.path("/batches"), sent, body)
 
-    async def retrieve(self, headers: dict[str, str], batch_id: str) -> dict[str, Any]:
-        return await self._call("batches", "GET", f"/batches/{batch_id}", headers, b"")
+    async def retrieve(self, route: Route, batch_id: str) -> dict[str, Any]:
+        path = route.path(f"/batches/{batch_id}")
+        return await self._call("batches", "GET", path, route.headers, b"")
 
-    async def cancel(self, headers: dict[str, str], batch_id: str) -> dict[str, Any]:
-        return await self._call("batches", "POST", f"/batches/{batch_id}/cancel", headers, b"")
+    async def cancel(self, route: Route, batch_id: str) -> dict[str, Any]:
+        path = route.path(f"/batches/{batch_id}/cancel")
+        return await self._call("batches", "POST", path, route.headers, b"")
 
-    async def lines(self, headers: dict[str, str], file_id: str | None) -> list[dict[str, Any]]:
+    async def lines(self, route: Route, file_id: str | None) -> list[dict[str, Any]]:
         """The JSON lines of an output or error file (none for no file)."""
         if not file_id:
             return []
-        call = await self._send("files", "GET", f"/files/{file_id}/content", headers, b"")
+        path = route.path(f"/files/{file_id}/content")
+        call = await self._send("files", "GET", path, route.headers, b"")
         content = await call.read(self.upstream.settings.timeout_seconds)
         if call.status != 200:
             raise ProviderError(f"file {file_id}: {call.status} {content[:200]!r}")

@@ -52,7 +52,7 @@ class Worker:
         latency: estimator.LatencyEstimator,
         send: Send,
         notify: Notify,
-        headers: Callable[[records.Group], dict[str, str]],
+        route: Callable[[records.Group], provider.Route],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -61,7 +61,7 @@ class Worker:
         self.latency = latency
         self.send = send
         self.notify = notify
-        self.headers = headers
+        self.route = route
         self.clock = clock
         cadence = min(settings.flush_after_seconds, settings.poll_interval_seconds) / 2
         self.tick = min(1.0, max(0.01, cadence))
@@ -175,10 +175,10 @@ class Worker:
         if not items:
             return
         content = b"\n".join(item.line(group.kind) for item in items) + b"\n"
-        headers = self.headers(group)
+        route = self.route(group)
         try:
-            file_id = await self.api.upload(headers, content)
-            batch = await self.api.create(headers, file_id, records.ENDPOINTS[group.kind])
+            file_id = await self.api.upload(route, content)
+            batch = await self.api.create(route, file_id, records.ENDPOINTS[group.kind])
         except provider.ProviderError as e:
             log.warning(
                 "deferred: submitting %d items failed (%s); they wait for the next try",
@@ -206,16 +206,16 @@ class Worker:
         if group is None:
             await self.store.ended(job.id)
             return
-        headers = self.headers(group)
+        route = self.route(group)
         try:
             if not await self.store.still_open(job.items):
-                await self.abandon(job, headers)
+                await self.abandon(job, route)
                 return
-            batch = await self.api.retrieve(headers, job.id)
+            batch = await self.api.retrieve(route, job.id)
             if batch.get("status") not in provider.TERMINAL:
                 self.later(job)
                 return
-            await self.settle(job, group, batch, headers)
+            await self.settle(job, group, batch, route)
         except provider.ProviderError as e:
             log.warning("deferred: job %s: %s; polled again later", job.id, e)
             self.later(job)
@@ -225,19 +225,19 @@ class Worker:
         longest = max(self.settings.max_poll_interval_seconds, self.settings.poll_interval_seconds)
         self.polls[job.id] = (self.clock() + interval, min(interval * 2, longest))
 
-    async def abandon(self, job: records.Job, headers: dict[str, str]) -> None:
+    async def abandon(self, job: records.Job, route: provider.Route) -> None:
         """Every item of the job was answered otherwise: cancel it, so it costs no more."""
         try:
-            await self.api.cancel(headers, job.id)
+            await self.api.cancel(route, job.id)
         except provider.ProviderError as e:
             log.info("deferred: cancelling %s: %s", job.id, e)  # it may have ended meanwhile
         await self.close(job, "abandoned")
 
     async def settle(
-        self, job: records.Job, group: records.Group, batch: dict[str, Any], headers: dict[str, str]
+        self, job: records.Job, group: records.Group, batch: dict[str, Any], route: provider.Route
     ) -> None:
-        lines = await self.api.lines(headers, batch.get("output_file_id"))
-        lines += await self.api.lines(headers, batch.get("error_file_id"))
+        lines = await self.api.lines(route, batch.get("output_file_id"))
+        lines += await self.api.lines(route, batch.get("error_file_id"))
         mine = set(job.items)
         answered: set[str] = set()
         for line in lines:
