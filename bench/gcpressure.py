@@ -7,7 +7,8 @@ pass-through path still calls a real simulator over loopback), 32 requests at a 
 is measured is the app's own work. Each variant runs in a fresh interpreter, because
 `gc.freeze()` and the thresholds are global:
 
-* `as shipped`: the proxy as it is;
+* `no GC levers`: the app with CPython's defaults (`sluice proxy` tunes the GC once started,
+  `server.tune_gc`; this in-process app does not);
 * `pooled replies`: `sluice.proxy.pool.ObjectPool` applied to the objects every whole reply
   makes (its header list and its two ASGI message dicts), swapped in for this run only;
 * `gc.freeze()`: everything alive after start-up moved to the permanent generation;
@@ -37,15 +38,14 @@ import orjson
 from bench import common
 from sluice.api import ProxyConfig
 from sluice.proxy import app as proxy_app
-from sluice.proxy import pool
+from sluice.proxy import pool, server
 from sluice.proxy.http import asgi
 
-VARIANTS = ("as shipped", "pooled replies", "gc.freeze()", "thresholds", "both GC levers")
+VARIANTS = ("no GC levers", "pooled replies", "gc.freeze()", "thresholds", "both GC levers")
 PATHS = ("cache hit", "pass-through")
 BODY = orjson.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 )
-THRESHOLDS = (10_000, 20, 20)
 HEADERS = [
     (b"host", b"127.0.0.1"),
     (b"content-type", b"application/json"),
@@ -148,7 +148,7 @@ async def variant(name: str, path: str, upstream: str, requests: int) -> dict[st
             gc.collect()
             gc.freeze()
         if name in ("thresholds", "both GC levers"):
-            gc.set_threshold(*THRESHOLDS)
+            gc.set_threshold(*server.GC_THRESHOLDS)
         started = time.process_time()
         await drive(app, requests)
         cpu = time.process_time() - started

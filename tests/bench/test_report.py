@@ -5,9 +5,9 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from bench.report import Metric, Report, Scenario, Target, number, times_better
 
 from bench import profiles
-from bench.report import Metric, Report, Scenario, Target, number, times_better
 
 HIGHER = Metric("hits/s", "")
 LOWER = Metric("CPU/req", "ms", "lower", 3)

@@ -45,9 +45,14 @@ def test_a_negative_size_is_refused() -> None:
 
 def test_borrowed_gives_the_object_back_even_when_the_block_fails() -> None:
     buffers = pool.ObjectPool(list, list.clear, size=1)
-    with pytest.raises(RuntimeError), buffers.borrowed() as item:
-        item.append("x")
-        raise RuntimeError("boom")
+
+    def fail_while_holding() -> None:
+        with buffers.borrowed() as item:
+            item.append("x")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_while_holding()
     assert buffers.idle == 1
     assert buffers.acquire() == []
 
