@@ -138,7 +138,7 @@ def test_cross_field_rules_hold_in_pydantic_as_in_cel(
                 "limits": {"cpu": 1, "memory": "1Gi"},
             },
             id="requests-within-limits",
-        ),  # fmt: skip
+        ),
         pytest.param(
             policies.ResourceRequirements,
             {"requests": {"memory": "1e3"}, "limits": {"memory": "1k"}},

@@ -162,7 +162,8 @@ def test_the_config_map_is_named_by_its_content_immutable_and_mounted_by_that_na
     for policy in (first, second):
         built = desired(policy)
         config_map, workload = built.find("ConfigMap"), built.find("Deployment")
-        assert config_map is not None and workload is not None
+        assert config_map is not None
+        assert workload is not None
         assert config_map["immutable"] is True
         assert resources.mounted_config(workload) == config_map["metadata"]["name"]
         names.append(config_map["metadata"]["name"])
@@ -197,7 +198,8 @@ def test_with_autoscaling_an_hpa_is_owned_and_the_deployment_leaves_replicas_to_
     asked = {"minReplicas": 3, "maxReplicas": 9, "targetCpuUtilization": 60}
     built = desired(factories.llm(proxy={"replicas": 1, "autoscaling": asked}))
     hpa, workload = built.find("HorizontalPodAutoscaler"), built.find("Deployment")
-    assert hpa is not None and workload is not None
+    assert hpa is not None
+    assert workload is not None
     assert "replicas" not in workload["spec"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",

@@ -81,7 +81,7 @@ def collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
         integer = next(option for option in options if option["type"] == "integer")
         node["x-kubernetes-int-or-string"] = True
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-        node.update({k: string[k] for k in ("pattern",) if k in string})
+        node.update({k: string[k] for k in ("pattern", "maxLength") if k in string})
         node.update({k: integer[k] for k in ("minimum",) if k in integer})
         return node
     raise ValueError(f"no structural form for anyOf {types}")

@@ -33,7 +33,9 @@ API_VERSION: Literal["sluice.dev/v1alpha1"] = "sluice.dev/v1alpha1"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=quantities.PATTERN)]
+Quantity = (
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=quantities.PATTERN, max_length=64)]
+)
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:

@@ -125,14 +125,18 @@ class Reconciler:
             return
         key: Key = (owner[0], body["metadata"]["namespace"], owner[1])
         url_path = kube.path_of(body)
-        tracked = self.tracked.get(key)
-        if tracked is not None and url_path not in tracked.fingerprints:
-            return  # not one of the current children: an old ConfigMap, say
-        if (
-            tracked is None
-            or deleted
-            or tracked.fingerprints[url_path] != ownership.fingerprint(body)
-        ):
+        # Decided under the policy's lock: an event that arrives while the policy is being
+        # applied is judged against what that apply leaves, not against the one before.
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            tracked = self.tracked.get(key)
+            if tracked is not None and url_path not in tracked.fingerprints:
+                return  # not one of the current children: an old ConfigMap, say
+            drifted = (
+                tracked is None
+                or deleted
+                or tracked.fingerprints[url_path] != ownership.fingerprint(body)
+            )
+        if drifted:
             await self.reconcile_latest(key, trigger="child")
         elif body["kind"] == "Deployment":
             await self.refresh(key, body)
@@ -298,7 +302,8 @@ class Reconciler:
         tracked.fingerprints = fingerprints  # only the current children: not older ConfigMaps
         generation = policy.metadata.generation
         if tracked.applied != generation:
-            log.info("%s: generation %d applied", named(key_of(applied["Deployment"])), generation)
+            key = (policy.kind, namespace, policy.metadata.name)
+            log.info("%s: generation %d applied", named(key), generation)
         tracked.applied = generation
         tracked.config_map = resources.config_map_name(policy, rendered)
         return applied["Deployment"], None
