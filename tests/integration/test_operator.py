@@ -557,10 +557,10 @@ def test_a_spec_the_api_server_refuses_leaves_old_pods_serving_and_a_revert_conv
     serving = op.config_map(plane, namespace, "edge-llm")
     assert serving is not None
 
-    # A leading space: the Deployment's own validation refuses the image (HTTP 422).
-    refused = {
-        "spec": {"proxy": {"image": " registry.invalid/x:1"}, "batching": {"maxBatchSize": 5}}
-    }
+    # Huge pages whose request is not their limit: the CRD lets it by, the Deployment's own
+    # validation refuses it (HTTP 422).
+    resources_ = {"requests": {"hugepages-2Mi": "2Mi"}, "limits": {"hugepages-2Mi": "4Mi"}}
+    refused = {"spec": {"proxy": {"resources": resources_}, "batching": {"maxBatchSize": 5}}}
     patch(plane, namespace, "lbp/edge", refused, "merge")
 
     def degraded() -> dict[str, Any] | None:
@@ -584,7 +584,7 @@ def test_a_spec_the_api_server_refuses_leaves_old_pods_serving_and_a_revert_conv
     assert len(op.events(plane, namespace, "edge", "SpecRejected")) == 1
 
     patch(plane, namespace, "lbp/edge", [
-        {"op": "remove", "path": "/spec/proxy/image"},
+        {"op": "remove", "path": "/spec/proxy/resources"},
         {"op": "remove", "path": "/spec/batching/maxBatchSize"},
     ], "json")  # fmt: skip
 
@@ -659,10 +659,14 @@ def test_rotating_a_referenced_secret_rolls_the_pods(
 
 
 def reconciles(operator: op.OperatorProcess, trigger: str) -> float:
-    labels = rf'kind="LLMBatchPolicy",result="\w+",trigger="{trigger}"'
-    pattern = rf"sluice_operator_reconciles_total\{{{labels}\}} ([0-9.e+]+)"
-    found = re.findall(pattern, operator.metrics())
-    return sum(float(value) for value in found)
+    """Reconciles of LLMBatchPolicies so far with this trigger, from the operator's /metrics."""
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("sluice_operator_reconciles_total{"):
+            labels, value = line.rsplit(" ", 1)
+            if 'kind="LLMBatchPolicy"' in labels and f'trigger="{trigger}"' in labels:
+                total += float(value)
+    return total
 
 
 def test_child_events_without_drift_cause_no_reconcile(
