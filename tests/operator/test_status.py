@@ -207,3 +207,27 @@ def test_changed_looks_only_at_the_fields_being_written() -> None:
     new = {"readyReplicas": 2, "endpoint": "e"}
     assert not status.changed({"readyReplicas": 2, "endpoint": "e", "hitRatio": 0.5}, new)
     assert status.changed({"readyReplicas": 1, "endpoint": "e"}, new)
+
+
+@pytest.mark.parametrize(
+    ("spec", "store"),
+    [
+        pytest.param({}, "memory", id="default-memory-cache"),
+        pytest.param(
+            {"cache": {"backend": "tiered", "redis": {"urlSecretRef": {"name": "r", "key": "u"}}}},
+            "redis",
+            id="auto-follows-a-redis-cache",
+        ),
+        pytest.param(
+            {"deferred": {"store": "memory"}, "cache": {"backend": "memory"}}, "memory", id="named"
+        ),
+    ],
+)
+def test_the_status_says_where_deferred_jobs_live(spec: dict[str, Any], store: str) -> None:
+    result = status.compute(factories.llm_body(**spec), deployment(ready=1), None, NOW)
+    assert result["deferredStore"] == store
+
+
+def test_a_spec_that_fails_validation_names_no_deferred_store() -> None:
+    body = factories.llm_body(deferred={"maxItemsPerBatch": 0})
+    assert "deferredStore" not in status.compute(body, None, None, NOW)
