@@ -87,7 +87,8 @@ class RedisSpec(RedisSettings):
     """How the proxy talks to Redis, and the Secret key holding its URL."""
 
     url_secret_ref: SecretKeyRef | None = None
-    """Secret key holding the Redis URL (`redis://…` or `rediss://…`); required by the `redis`
+    """Secret key holding the Redis URL (`redis://…`, `rediss://…` or
+    `redis+sentinel://[:password@]host:port[,host:port…]/master[/db]`); required by the `redis`
     and `tiered` backends."""
 
 

@@ -10,7 +10,7 @@ the multi-key commands below stay in one slot):
     result:<id>     the packed result, for `resultTtlSeconds`
     jobs            hash of submitted Batch API jobs, by batch id
 
-The client is built the way the cache builds its own (`rediscache.RedisCache.from_config`).
+The client is built as the cache's is (`cache.redisclients.build`: one node, Sentinel or Cluster).
 Unlike the cache, this store does not fail open: an item that cannot be kept is refused (503)
 rather than silently lost, and the worker retries on its next tick.
 """
@@ -26,7 +26,7 @@ import redis.asyncio
 import redis.exceptions
 
 from sluice.api import RedisConfig
-from sluice.proxy.cache import rediscache
+from sluice.proxy.cache import redisclients
 from sluice.proxy.http import errors
 from sluice.proxy.llm.deferred import records
 
@@ -43,7 +43,7 @@ class RedisJobStore:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redisclients.Client,
         prefix: str,
         result_ttl: float,
         clock: Callable[[], float] = time.time,
@@ -61,15 +61,14 @@ class RedisJobStore:
         # connection included) would refuse a burst of deferred requests; these are kept
         # for hours, so they get the longer one.
         patient = config.model_copy(update={"timeout_milliseconds": int(TIMEOUT_SECONDS * 1000)})
-        client = rediscache.RedisCache.from_config(patient, environ).client
+        client = redisclients.build(patient, environ)
         return cls(client, config.key_prefix, result_ttl)
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await redisclients.close(self.client)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
