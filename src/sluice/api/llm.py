@@ -7,11 +7,11 @@ defined once here and both sides subclass it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from sluice.api.base import Model
+from sluice.api.base import HTTP_URL, Model
 from sluice.api.store import StoreSettings
 
 
@@ -44,9 +44,11 @@ class HealthSettings(Model):
 class UpstreamSettings(Model):
     """Where the OpenAI-compatible API is and how long to wait for it."""
 
-    url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://")
+    url: str = Field(default="https://api.openai.com/v1", pattern=HTTP_URL, max_length=2048)
     """Base URL of the API, including its version prefix (for example `/v1`)."""
-    endpoints: list[str] = Field(default_factory=list, max_length=32)
+    endpoints: list[Annotated[str, Field(pattern=HTTP_URL, max_length=2048)]] = Field(
+        default_factory=list, max_length=32
+    )
     """Several equivalent base URLs, used round-robin with passive health; replaces `url`."""
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     """Time allowed for the upstream's whole answer (between streamed chunks, when streaming)."""
