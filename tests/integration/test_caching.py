@@ -8,6 +8,7 @@ doing; one partial-embedding-hit case runs with batching on as well. Redis is a 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -464,16 +465,11 @@ async def fill(proxy: ProxyProcess) -> None:
                 )
 
 
-@pytest.mark.parametrize("token", [None, "s3cret-admin-token"])
-async def test_admin_invalidation_deletes_by_scope(
-    setup: Setup, simulator: Simulator, token: str | None
-) -> None:
-    if token is None:
-        proxy = setup.proxy()
-    else:
-        proxy = setup.proxy(env={"ADMIN_TOKEN": token}, admin={"tokenEnv": "ADMIN_TOKEN"})
-        assert invalidate(proxy, {"scope": "all"})[0] == 401
-        assert invalidate(proxy, {"scope": "all"}, token="wrong")[0] == 401
+async def test_admin_invalidation_deletes_by_scope(setup: Setup, simulator: Simulator) -> None:
+    token = "s3cret-admin-token"
+    proxy = setup.proxy(env={"ADMIN_TOKEN": token}, admin={"tokenEnv": "ADMIN_TOKEN"})
+    assert invalidate(proxy, {"scope": "all"})[0] == 401
+    assert invalidate(proxy, {"scope": "all"}, token="wrong")[0] == 401
     await fill(proxy)
     assert invalidate(proxy, {"scope": "model", "model": "gpt-4o"}, token) == (200, {"deleted": 2})
     assert invalidate(proxy, {"scope": "tenant", "tenant": "sk-bob"}, token) == (
@@ -485,6 +481,23 @@ async def test_admin_invalidation_deletes_by_scope(
         assert (await chat(bob, "x"))[0] == "miss"
     assert invalidate(proxy, {"scope": "all"}, token) == (200, {"deleted": 2})
     assert invalidate(proxy, {"scope": "nonsense"}, token)[0] == 400
+
+
+async def test_without_a_token_the_admin_api_refuses_and_binds_loopback_only(
+    setup: Setup, simulator: Simulator
+) -> None:
+    proxy = setup.proxy()
+    await fill(proxy)
+    status, answer = invalidate(proxy, {"scope": "all"})
+    assert status == 403
+    assert answer["error"]["code"] == "admin_token_unset"
+    async with client(proxy, "sk-alice") as alice:
+        assert (await chat(alice, "x"))[0] == "hit"  # nothing was deleted
+    port = proxy.config["admin"]["port"]
+    # Bound to 127.0.0.1 only: 127.0.0.2 (loopback too) would reach a listener on every address.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=5).close()
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 async def test_no_store_embeddings_are_not_written(setup: Setup, simulator: Simulator) -> None:

@@ -161,6 +161,8 @@ class CallRecord:
     fault: str | None = None
     status: int | None = None
     """HTTP status answered; None while in flight or when the connection was dropped."""
+    hung_up_at: float | None = None
+    """When the client (the proxy) closed the connection before the answer was complete."""
 
     @property
     def headers(self) -> dict[str, str]:
