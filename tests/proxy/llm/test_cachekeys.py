@@ -102,8 +102,10 @@ def test_n_true_is_not_a_single_deterministic_answer() -> None:
 @pytest.mark.parametrize(
     ("body", "faithful"),
     [
-        pytest.param(b'{"seed": 18446744073709551615}', True, id="u64-max"),
+        pytest.param(b'{"seed": 9999999999999999999}', True, id="19-digits"),
+        pytest.param(b'{"seed": -922337203685477580}', True, id="18-digits-negative"),
         pytest.param(b'{"seed": 18446744073709551616}', False, id="beyond-64-bits"),
+        pytest.param(b'{"seed": -9223372036854775809}', False, id="below-i64"),
         pytest.param(b'{"seed": -123456789012345678901}', False, id="negative-beyond-64-bits"),
         pytest.param(b'{"temperature": 1e400}', False, id="beyond-a-double"),
         pytest.param(b'{"temperature": 1e-05}', True, id="small-exponent"),

@@ -41,8 +41,8 @@ class Flights(Generic[K, T]):
 
     def launch(self, keys: Collection[K], work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run `work` as the flight of every key in `keys` (none of which has one)."""
-        task = asyncio.get_running_loop().create_task(work)
         held = tuple(keys)
+        task = asyncio.get_running_loop().create_task(self._fly(held, work))
         for key in held:
             self._tasks[key] = task
         task.add_done_callback(lambda done: self._landed(held, done))
@@ -89,12 +89,24 @@ class Flights(Generic[K, T]):
             del self._members[flight]
         return left
 
+    async def _fly(self, keys: tuple[K, ...], work: Coroutine[Any, Any, T]) -> T:
+        """`work`, its keys freed the moment it ends: a request that comes after the flight's
+        first caller was answered finds no flight (a done-callback frees them a loop iteration
+        later, which is left for a flight cancelled before it began)."""
+        try:
+            return await work
+        finally:
+            self._free(keys, asyncio.current_task())
+
     def _landed(self, keys: tuple[K, ...], flight: asyncio.Task[T]) -> None:
+        self._free(keys, flight)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so a flight whose callers all left logs nothing
+
+    def _free(self, keys: tuple[K, ...], flight: asyncio.Task[Any] | None) -> None:
         for key in keys:
             if self._tasks.get(key) is flight:
                 del self._tasks[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved here, so a flight whose callers all left logs nothing
 
     def __len__(self) -> int:
         return len(self._tasks)

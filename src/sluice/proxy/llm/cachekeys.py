@@ -67,10 +67,10 @@ VARYING_HEADERS = frozenset(
 """Request headers that select the upstream's behaviour or who it bills: requests that differ
 in one (or in the query string, Azure's `api-version`) never share an entry, a flight or a
 merged call. `llm.varyHeaders` adds to them."""
-_UNFAITHFUL = re.compile(rb"\d{20}|[eE][+-]?\d{3}")
-"""Integers of 20 digits or more (beyond 64 bits orjson reads them as floats, so two different
-ones would read alike) and exponents of three digits (beyond a double's range: orjson refuses
-them, Python's parser reads them as infinity)."""
+_UNFAITHFUL = re.compile(rb"-\d{19}|\d{20}|[eE][+-]?\d{3}")
+"""Integers that may lie beyond 64 bits (20 digits, or 19 after a minus: orjson reads those as
+floats, so two different ones would read alike) and exponents of three digits (beyond a
+double's range: orjson refuses them, Python's parser reads them as infinity)."""
 
 
 class Variants:
