@@ -11,7 +11,7 @@ import pytest
 
 from sluice.api import BatchingSettings
 from sluice.proxy.http import callers, errors
-from sluice.proxy.http.asgi import Headers, JSON_HEADERS, Reply, Request
+from sluice.proxy.http.asgi import JSON_HEADERS, Headers, Reply, Request
 from sluice.proxy.llm import dispatching
 
 
