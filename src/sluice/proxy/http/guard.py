@@ -28,6 +28,11 @@ from sluice.proxy.http import errors
 
 log = logging.getLogger(__name__)
 
+LINGER_SECONDS = 2.0
+"""After a refusal, how long what the caller still sends is read and dropped before the close:
+closing a socket with unread data makes the kernel send a reset, which can destroy the refusal
+before the caller read it (nginx's lingering close, for the same reason)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
@@ -48,6 +53,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes received while a head is incomplete
         self._in_head = True
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -58,8 +64,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            return  # refused: whatever else the caller sends is not read
+        if self._refused:
+            return  # whatever else the caller sends is dropped until the close
         super().data_received(data)
         if self._in_head and self.parser is not None:
             # A head still incomplete after this read: httptools buffers a header's name and
@@ -71,11 +77,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
-        if self._deadline is None:  # a keep-alive connection's next request
+        if self._deadline is None and not self._refused:  # a keep-alive connection's next request
             self._arm(self.limits.header_seconds, "headers")
 
     def on_headers_complete(self) -> None:
-        if self.transport.is_closing():
+        if self._refused:
             return  # refused earlier in this read: start nothing more
         self._in_head = False
         self._disarm()
@@ -93,12 +99,12 @@ class GuardedProtocol(HttpToolsProtocol):
             self._arm(self.limits.body_seconds, "body")
 
     def on_body(self, body: bytes) -> None:
-        if not self.transport.is_closing():
+        if not self._refused:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
-        if not self.transport.is_closing():
+        if not self._refused:
             super().on_message_complete()
 
     def _arm(self, seconds: float, what: str) -> None:
@@ -115,30 +121,46 @@ class GuardedProtocol(HttpToolsProtocol):
         self._refuse(408, what)
 
     def _refuse(self, status: int, what: str) -> None:
-        """Answer `status` (unless an answer has begun) and close the connection."""
-        if self.transport.is_closing():
+        """Answer `status` (unless an answer has begun), then end the connection: this side at
+        once, the whole of it once the caller has stopped sending (or `LINGER_SECONDS` on)."""
+        if self._refused or self.transport.is_closing():
             return
+        self._refused = True
+        self._disarm()
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            seconds = self.limits.header_seconds if what == "headers" else self.limits.body_seconds
-            error = (
-                errors.request_timeout(what, seconds)
-                if status == 408
-                else errors.headers_too_large(self.limits.max_header_bytes)
-            )
-            body = error.body()
-            head = [
-                STATUS_LINE[status],
-                b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(body),
-                b"connection: close\r\n\r\n",
-            ]
-            self.transport.write(b"".join(head) + body)
+            self.transport.write(self._refusal(status, what))
         log.debug("refused a request (%d): its %s were too slow or too large", status, what)
         if cycle is not None:  # the request's task hears of it as a hang-up
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _refusal(self, status: int, what: str) -> bytes:
+        limits = self.limits
+        seconds = limits.header_seconds if what == "headers" else limits.body_seconds
+        error = (
+            errors.request_timeout(what, seconds)
+            if status == 408
+            else errors.headers_too_large(limits.max_header_bytes)
+        )
+        body = error.body()
+        head = [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        return b"".join(head) + body
+
+    def eof_received(self) -> None:
+        if self._refused:
+            self.transport.close()  # the caller is done sending: the linger is over
+        super().eof_received()
 
 
 def protocol(limits: Limits) -> type[GuardedProtocol]:
