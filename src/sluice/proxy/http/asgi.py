@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import orjson
 
-from sluice.proxy import tasks
 from sluice.proxy.http import errors
 
 Scope = MutableMapping[str, Any]
@@ -174,15 +173,56 @@ async def send_stream(send: Send, reply: Reply) -> None:
 
 async def until_hangup(work: Awaitable[T], receive: Receive) -> T | None:
     """`work`'s result; None when the caller hung up first, and `work` was cancelled (and with
-    it whatever upstream request or stream it was waiting on)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(disconnected(receive))
+    it whatever upstream request or stream it was waiting on).
+
+    `work` runs in the calling task; a `_Watch` cancels that task on a hang-up. It is started
+    only if `work` is still going after one turn of the loop: `asyncio.wait` over two tasks
+    cost ~40 µs a call, more than a whole cache hit, and a memory hit never yields at all.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    watch = _Watch(receive, current)
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not watch.heard:
+            raise  # cancelled by someone else (the shutdown's cut)
+        current.uncancel()
+        return None
     finally:
-        await tasks.cancel(watch)
-        await tasks.cancel(task)
-    return None if task.cancelled() else task.result()
+        watch.stop()
+
+
+class _Watch:
+    """Cancels `task` when the caller hangs up, from the loop's next turn on."""
+
+    __slots__ = ("_handle", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self._handle: asyncio.Handle | None = asyncio.get_running_loop().call_soon(self._start)
+
+    @property
+    def heard(self) -> bool:
+        """Did the caller hang up (and was the task cancelled for it)?"""
+        watcher = self._watcher
+        return watcher is not None and watcher.done() and not watcher.cancelled()
+
+    def _start(self) -> None:
+        self._handle = None
+        self._watcher = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        await disconnected(self._receive)
+        self._task.cancel()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def disconnected(receive: Receive) -> None:
