@@ -692,13 +692,19 @@ FAULTS = [
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("cached", [False, True], ids=["alone", "cache-flight"])
 async def test_every_fault_releases_the_chat_slot_and_the_connection_and_logs_no_traceback(
-    start_proxy: ProxyFactory, simulator: Simulator, fault: Any, streamed: bool
+    start_proxy: ProxyFactory, simulator: Simulator, fault: Any, streamed: bool, cached: bool
 ) -> None:
     upstream = {"url": simulator.url, "timeoutSeconds": 0.5, "retry": {"maxAttempts": 1}}
-    proxy = start_proxy({"llm": {"upstream": upstream, "cache": {"mode": "off"}}})
+    cache = {"mode": "deterministic" if cached else "off"}
+    proxy = start_proxy({"llm": {"upstream": upstream, "cache": cache}})
     fault(simulator)
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a b c d"}]}
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "a b c d"}],
+        "temperature": 0,  # cacheable, and shared by the cache's flight when the cache is on
+    }
     async with async_client(proxy) as c:
         with contextlib.suppress(openai.APIError):
             answer = await c.chat.completions.create(**body, stream=streamed)  # type: ignore[call-overload]
