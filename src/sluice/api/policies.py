@@ -181,8 +181,18 @@ class MetricsSpec(Model):
 # --- Specs --------------------------------------------------------------------------------
 
 
+DEFERRED_NEEDS_URL = cel(
+    "!has(self.deferred) || !has(self.deferred.store) || self.deferred.store != 'redis'"
+    " || (has(self.cache) && has(self.cache.redis) && has(self.cache.redis.urlSecretRef))",
+    "deferred.store redis needs cache.redis.urlSecretRef",
+    ".cache.redis.urlSecretRef",
+)
+
+
 class LLMBatchPolicySpec(LLMSettings):
     """One OpenAI-compatible upstream and how to treat it: batching, caching, pooling."""
+
+    model_config = ConfigDict(json_schema_extra=validations(DEFERRED_NEEDS_URL))
 
     # Redeclared only to carry the CEL rule: PoolSettings is shared with the proxy config.
     pool: PoolSettings = Field(
@@ -201,6 +211,12 @@ class LLMBatchPolicySpec(LLMSettings):
     @model_validator(mode="after")
     def _pool_limits(self) -> LLMBatchPolicySpec:
         check_pool(self.pool)
+        return self
+
+    @model_validator(mode="after")
+    def _deferred_redis_needs_url(self) -> LLMBatchPolicySpec:
+        if self.deferred.store == "redis" and self.cache.redis.url_secret_ref is None:
+            raise ValueError(DEFERRED_NEEDS_URL["message"])
         return self
 
 
@@ -293,6 +309,15 @@ class PolicyStatus(Model):
     started; unset until the proxies have served a look-up."""
 
 
+class LLMBatchPolicyStatus(PolicyStatus):
+    """What the operator made of the policy, and where its deferred jobs live."""
+
+    deferred_store: Literal["redis", "memory"] | None = None
+    """Where deferred mode keeps pending items, job ids and results: `redis` (shared by the
+    replicas, kept across restarts) or `memory` (works on one replica only: a job is known only
+    to the pod that took it, and lost when that pod restarts)."""
+
+
 class ToolCachePolicyStatus(PolicyStatus):
     """What the operator made of the policy, and what its proxies' metrics say of its servers."""
 
@@ -380,8 +405,9 @@ KINDS: dict[str, Kind] = {
             model=LLMBatchPolicy,
             spec=LLMBatchPolicySpec,
             spec_required=False,
-            status=PolicyStatus,
+            status=LLMBatchPolicyStatus,
             caches=frozenset({"chat", "completions", "embeddings"}),
+            columns=({"name": "Deferred", "type": "string", "jsonPath": ".status.deferredStore"},),
         ),
         Kind(
             kind="ToolCachePolicy",
