@@ -197,6 +197,16 @@ def deferred_store(deferred: DeferredSettings, cache: CacheSettings) -> Literal[
 class LLMSettings(Model):
     """Everything about one upstream except the parts that name secrets (upstream, cache)."""
 
+    vary_headers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]] = (
+        Field(default_factory=list, max_length=32)
+    )
+    """Request headers that change the upstream's answer or who it bills, besides the built-in
+    ones (`OpenAI-Beta`, `OpenAI-Organization`, `OpenAI-Project`, `anthropic-version`,
+    `anthropic-beta`): requests that differ in one never share a cache entry, an upstream call
+    in flight or a merged call."""
+    follower_wait_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long a request waits on an identical request's upstream call in flight before it
+    makes its own."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     """Request batching."""
     deferred: DeferredSettings = Field(default_factory=DeferredSettings)
