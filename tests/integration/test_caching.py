@@ -237,6 +237,39 @@ async def test_a_tenant_header_separates_callers_sharing_one_key(
         assert (await chat(c, extra_headers={"x-tenant": "acme"}))[0] == "hit"
 
 
+def keyless_chat(proxy: ProxyProcess, tenant: str, content: str = "hello there") -> str | None:
+    """x-sluice-cache of the `chat` request sent with the tenant header and no credentials."""
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": content}]}
+    request = urllib.request.Request(
+        f"{proxy.url}/chat/completions",
+        data=orjson.dumps({**body, "temperature": 0}),
+        headers={"content-type": "application/json", "x-tenant": tenant},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.headers.get("x-sluice-cache")
+
+
+async def test_naming_a_tenant_without_credentials_opens_none_of_its_entries(
+    setup: Setup, simulator: Simulator
+) -> None:
+    proxy = setup.proxy({"tenantHeader": "x-tenant"})
+    async with client(proxy) as c:
+        assert (await chat(c, extra_headers={"x-tenant": "acme"}))[0] == "miss"
+    assert keyless_chat(proxy, "acme") == "miss"  # its own entry, not acme's
+    assert len(simulator.calls_for("chat")) == 2
+
+
+async def test_a_gateway_that_sends_only_the_tenant_header_can_be_trusted_by_choice(
+    setup: Setup, simulator: Simulator
+) -> None:
+    proxy = setup.proxy({"tenantHeader": "x-tenant", "tenantHeaderRequiresKey": False})
+    assert keyless_chat(proxy, "acme") == "miss"
+    assert keyless_chat(proxy, "globex") == "miss"
+    assert keyless_chat(proxy, "acme") == "hit"
+    assert len(simulator.calls_for("chat")) == 2
+
+
 async def test_no_store_is_not_written_and_no_cache_is_not_read(
     setup: Setup, simulator: Simulator
 ) -> None:

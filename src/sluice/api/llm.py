@@ -133,7 +133,13 @@ class CacheSettings(StoreSettings):
     ttl_seconds: CacheTtls = Field(default_factory=CacheTtls)
     """Time to live per kind of data."""
     tenant_header: str | None = Field(default=None, max_length=128)
-    """A request header naming the tenant; when unset the tenant is a hash of the credentials."""
+    """A request header naming the tenant; when unset the tenant is a hash of the credentials.
+    Trusted as sent: only a gateway in front that sets it (and drops the callers' own) should."""
+    tenant_header_requires_key: bool = True
+    """Honour `tenantHeader` only on requests that carry credentials (`Authorization` or
+    `api-key`): a caller without any never reads a tenant's entries nor joins its in-flight
+    calls by naming it. Set false where the proxy holds the key and the gateway in front sends
+    no credentials, only the header."""
     share_across_tenants: bool = False
     """Let every tenant read every other tenant's entries. Only for public, non-personal data."""
 

@@ -28,9 +28,20 @@ def test_a_tenant_header_names_the_tenant_whatever_the_credentials() -> None:
 
 
 def test_a_header_tenant_never_equals_a_credential_tenant_of_the_same_text() -> None:
-    by_header = callers.Tenants("x-tenant").of(request((b"x-tenant", b"sk-a")))
-    by_key = callers.Tenants("x-tenant").of(request((b"api-key", b"sk-a")))
+    tenants = callers.Tenants("x-tenant", requires_key=False)
+    by_header = tenants.of(request((b"x-tenant", b"sk-a")))
+    by_key = tenants.of(request((b"api-key", b"sk-a")))
     assert by_header != by_key
+
+
+def test_a_tenant_header_without_credentials_names_no_tenant_unless_trusted_alone() -> None:
+    keyless = request((b"x-tenant", b"team-a"))
+    keyed = request((b"x-tenant", b"team-a"), (b"authorization", b"Bearer sk-1"))
+    tenants = callers.Tenants("x-tenant")
+    assert tenants.of(keyless) != tenants.of(keyed)
+    assert tenants.of(keyless) == tenants.of(request())  # the credential-less caller's own
+    trusting = callers.Tenants("x-tenant", requires_key=False)
+    assert trusting.of(keyless) == trusting.of(keyed) == tenants.of(keyed)
 
 
 def test_a_blank_tenant_header_is_no_tenant_and_falls_back_to_the_credentials() -> None:

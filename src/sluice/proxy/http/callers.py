@@ -33,17 +33,23 @@ class Caller:
 class Tenants:
     """The tenant rule: the tenant header's value if configured and present (and not blank),
     else the caller's own credentials (`Authorization`, or Azure's `api-key`): a blank header
-    must never put its callers into one shared bucket."""
+    must never put its callers into one shared bucket. With `requires_key` the header counts
+    only beside credentials, so naming a tenant alone opens none of its entries."""
 
-    def __init__(self, header: str | None) -> None:
+    def __init__(self, header: str | None, *, requires_key: bool = True) -> None:
         # Lower-cased and encoded once: this runs on every cache hit.
         self.header = header.lower().encode() if header else None
+        self.requires_key = requires_key
 
     def of(self, request: Request) -> str:
-        named = request.header(self.header) if self.header else None
-        if named is not None and named.strip():  # an empty header names no tenant
-            return HEADER_TENANT + digest(named.decode("latin-1"))
         own = request.header(b"authorization") or request.header(b"api-key") or b""
+        named = request.header(self.header) if self.header else None
+        if (
+            named is not None
+            and named.strip()  # an empty header names no tenant
+            and (own or not self.requires_key)
+        ):
+            return HEADER_TENANT + digest(named.decode("latin-1"))
         return digest(own.decode("latin-1"))
 
     def spellings(self, tenant: str) -> tuple[str, ...]:
@@ -54,7 +60,7 @@ class Tenants:
         return (digest("Bearer " + tenant), digest(tenant))
 
     def __repr__(self) -> str:
-        return f"<Tenants header={self.header!r}>"
+        return f"<Tenants header={self.header!r} requires_key={self.requires_key}>"
 
 
 def digest(value: str) -> str:

@@ -56,7 +56,9 @@ class LLMRoutes:
         self.dispatcher = dispatching.Dispatcher(
             config.batching, self.forward, variants=variants, patience=patience
         )
-        self.tenants = callers.Tenants(config.cache.tenant_header)
+        self.tenants = callers.Tenants(
+            config.cache.tenant_header, requires_key=config.cache.tenant_header_requires_key
+        )
         self.deferral = deferral.Deferral(
             config,
             upstream,
