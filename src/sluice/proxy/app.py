@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sluice.api import CacheConfig, PoolSettings, ProxyConfig
-from sluice.proxy import admin, metrics, sampler
+from sluice.proxy import admin, logs, metrics, sampler
 from sluice.proxy.cache import backends, store
-from sluice.proxy.http import errors, paths
+from sluice.proxy.http import errors, paths, tracing
 from sluice.proxy.http.asgi import (
     CLIENT_CLOSED,
     Receive,
@@ -36,7 +36,7 @@ from sluice.proxy.http.asgi import (
     send_reply,
     until_hangup,
 )
-from sluice.proxy.llm import client, routes
+from sluice.proxy.llm import client, dispatching, responses, routes
 from sluice.proxy.mcp import gateway, transport
 from sluice.proxy.upstream import sessions
 
@@ -120,11 +120,14 @@ class ProxyApp:
         started = time.perf_counter()
         method = scope["method"]
         route, handler = self.resolve(method, scope["path"])
+        request_id = tracing.adopt(scope["headers"])
         self.in_flight += 1
         status = 500
+        reply: Reply | None = None
         try:
             reply = await self.answer(route, handler, scope, receive)
             status = reply.status
+            reply.headers = [*reply.headers, (tracing.REQUEST_ID, request_id)]
             await send_reply(send, reply, receive)
         except Exception:
             log.exception("request to %s failed after its answer began", route)
@@ -132,9 +135,38 @@ class ProxyApp:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            counted, timed = self.accounts(route, method if method in METHODS else "OTHER", status)
+            method = method if method in METHODS else "OTHER"
+            counted, timed = self.accounts(route, method, status)
             counted.inc()
-            timed.observe(time.perf_counter() - started)
+            duration = time.perf_counter() - started
+            timed.observe(duration)
+            if not logs.access.disabled:
+                self.log_access(request_id, route, method, status, duration, reply)
+
+    @staticmethod
+    def log_access(
+        request_id: bytes,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        reply: Reply | None,
+    ) -> None:
+        cache = batch = None
+        for key, value in reply.headers if reply is not None else ():
+            if key == responses.HEADER:
+                cache = value.decode("latin-1")
+            elif key == dispatching.BATCH_HEADER:
+                batch = value.decode("latin-1")
+        logs.request_done({
+            "request_id": request_id.decode("latin-1"),
+            "route": route,
+            "method": method,
+            "status": status,
+            "duration_seconds": round(duration, 6),
+            "cache": cache,
+            "batch": batch,
+        })  # fmt: skip
 
     def accounts(self, route: str, method: str, status: int) -> Accounts:
         """The request counter and timer of one route, method and status, bound once: `.labels()`
@@ -153,6 +185,8 @@ class ProxyApp:
                 raise errors.shutting_down()
             request = await read_request(scope, receive, self.config.listen.max_body_bytes)
             if route in HANGUP_CANCELS:
+                # MCP requests are built anew for each server: they take the trace from here.
+                tracing.current.set(tracing.passed(request.headers))
                 reply = await until_hangup(handler(request), receive)
                 return reply if reply is not None else Reply(CLIENT_CLOSED, [])
             return await handler(request)

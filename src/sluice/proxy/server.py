@@ -9,15 +9,13 @@ A second signal skips the wait.
 
 from __future__ import annotations
 
-import logging
 from types import FrameType
 
 import uvicorn
 
 from sluice.api import ProxyConfig
+from sluice.proxy import logs
 from sluice.proxy.app import ProxyApp
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class DrainingServer(uvicorn.Server):
@@ -44,9 +42,11 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(config: ProxyConfig, log_level: str = "info") -> None:
+def serve(
+    config: ProxyConfig, log_level: str = "info", log_format: str = "text", access_log: bool = True
+) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    logs.configure(log_level, log_format, access_log=access_log)
     app = ProxyApp(config)
     uv_config = uvicorn.Config(
         app,
@@ -61,6 +61,7 @@ def serve(config: ProxyConfig, log_level: str = "info") -> None:
         # rewrites them from X-Forwarded-* parses the peer's IP address on every request.
         proxy_headers=False,
         log_level=log_level,
+        log_config=None,  # keep `logs.configure`'s handler (JSON or text) for uvicorn's records
         timeout_graceful_shutdown=int(config.listen.shutdown_grace_seconds),
     )
     DrainingServer(uv_config, app).run()

@@ -81,6 +81,7 @@ class EmbeddingCache:
             result: metrics.cache_requests.labels("embeddings", result)
             for result in ("hit", "miss", "bypass")
         }
+        self._saved = metrics.upstream_calls_saved.labels("embeddings", "cached")
 
     async def answer(
         self,
@@ -220,6 +221,8 @@ class EmbeddingCache:
         usage = b'{"prompt_tokens":%d,"total_tokens":%d}' % (gathered.tokens, gathered.tokens)
         body = b'{"object":"list","data":[%b],"model":%b,"usage":%b}' % (data, model, usage)
         result = b"bypass" if not read else b"miss" if gathered.fetched else b"hit"
+        if result == b"hit":
+            self._saved.inc()
         headers = [responses.JSON_TYPE, (responses.HEADER, result)]
         if result == b"hit" and gathered.oldest is not None:
             headers.append((b"age", b"%d" % max(0, int(self.clock() - gathered.oldest))))
