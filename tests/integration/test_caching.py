@@ -379,7 +379,8 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(
         answers = await asyncio.gather(*[chat(c) for _ in range(40)], *streamed)
     assert len(simulator.calls_for("chat")) == 1
     assert len({text for _, text, _ in answers}) == 1
-    assert proxy.metric("sluice_upstream_calls_saved_total", endpoint="chat") == 49
+    saved = {"endpoint": "chat_completions", "reason": "shared"}
+    assert proxy.metric("sluice_upstream_calls_saved_total", **saved) == 49
 
 
 # --- fail-open ----------------------------------------------------------------------------------
