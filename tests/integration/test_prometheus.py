@@ -305,8 +305,14 @@ def test_every_answer_had_its_own_request_id(scenario: Scenario) -> None:
 # --- item 2: every dashboard query and every alert expression returns series -----------------
 
 
+def textboxes() -> dict[str, str]:
+    """The dashboard's own inputs (prices), at their defaults."""
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    return {f"${v['name']}": v["query"] for v in variables if v["type"] == "textbox"}
+
+
 def substituted(expression: str) -> str:
-    for variable, value in VARIABLES.items():
+    for variable, value in {**VARIABLES, **textboxes()}.items():
         expression = expression.replace(variable, value)
     assert "$" not in expression, f"a dashboard variable the test does not know: {expression}"
     return expression
