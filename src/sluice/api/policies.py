@@ -293,6 +293,14 @@ class PolicyStatus(Model):
     started; unset until the proxies have served a look-up."""
 
 
+class LLMBatchPolicyStatus(PolicyStatus):
+    """What the operator made of the policy, and what its proxies' metrics say it saved."""
+
+    calls_saved_per_hour: int | None = Field(default=None, ge=0)
+    """Upstream calls the proxies saved (batched, cached, shared) per hour, each ready pod's
+    since it started, summed; unset until the pods have been read."""
+
+
 class ToolCachePolicyStatus(PolicyStatus):
     """What the operator made of the policy, and what its proxies' metrics say of its servers."""
 
@@ -380,7 +388,7 @@ KINDS: dict[str, Kind] = {
             model=LLMBatchPolicy,
             spec=LLMBatchPolicySpec,
             spec_required=False,
-            status=PolicyStatus,
+            status=LLMBatchPolicyStatus,
             caches=frozenset({"chat", "completions", "embeddings"}),
         ),
         Kind(
