@@ -59,8 +59,15 @@ class State(enum.Enum):
 class ProxyApp:
     """The proxy as one ASGI callable; `lifespan` opens and closes its pools."""
 
-    def __init__(self, config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        access_log: bool = True,
+    ) -> None:
         self.config = config
+        self.access_log = access_log
         self.state = State.STARTING
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
@@ -140,7 +147,7 @@ class ProxyApp:
             counted.inc()
             duration = time.perf_counter() - started
             timed.observe(duration)
-            if not logs.access.disabled:
+            if self.access_log:
                 self.log_access(request_id, route, method, status, duration, reply)
 
     @staticmethod

@@ -45,9 +45,9 @@ def iso_time(created: float) -> str:
     return f"{whole}.{int(created % 1 * 1000):03d}Z"
 
 
-def configure(level: str, form: str, *, access_log: bool = True) -> None:
+def configure(level: str, form: str) -> None:
     """Send every record (uvicorn's too) to stderr, as text or JSON; the access log at INFO
-    whatever `level` says, or not at all."""
+    whatever `level` says (`ProxyApp(access_log=False)` turns it off)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -58,7 +58,6 @@ def configure(level: str, form: str, *, access_log: bool = True) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     access.setLevel(logging.INFO)
-    access.disabled = not access_log
 
 
 def request_done(fields: dict[str, Any]) -> None:

@@ -46,8 +46,8 @@ def serve(
     config: ProxyConfig, log_level: str = "info", log_format: str = "text", access_log: bool = True
 ) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
-    logs.configure(log_level, log_format, access_log=access_log)
-    app = ProxyApp(config)
+    logs.configure(log_level, log_format)
+    app = ProxyApp(config, access_log=access_log)
     uv_config = uvicorn.Config(
         app,
         host=config.listen.host,
