@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx2
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.integration
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACESTATE = "vendor=opaque,other=value"
 TRACE = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+LOG_WAIT_SECONDS = 10.0
 ACCESS_FIELDS = {"request_id", "route", "method", "status", "duration_seconds", "cache", "batch"}
 
 
@@ -51,8 +53,19 @@ def json_lines(proxy: ProxyProcess) -> list[dict[str, Any]]:
     return [json.loads(line) for line in proxy.log().splitlines() if line]
 
 
-def access_lines(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    return [line for line in json_lines(proxy) if line["logger"] == "sluice.access"]
+def access_lines(proxy: ProxyProcess, route: str | None = None, count: int = 0) -> list[Any]:
+    """The access lines (of `route`), once there are `count` of them: they are written in bulk,
+    a moment after their requests."""
+    deadline = time.monotonic() + LOG_WAIT_SECONDS
+    while True:
+        lines = [
+            line
+            for line in json_lines(proxy)
+            if line["logger"] == "sluice.access" and route in (None, line["route"])
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def test_a_callers_request_id_and_trace_context_reach_the_upstream_and_the_id_comes_back(
@@ -123,6 +136,7 @@ def test_logs_are_one_json_object_a_line_with_an_access_line_per_request(
     chat(proxy, **{"x-request-id": "logged-1"})
     chat(proxy, **{"x-request-id": "logged-2"})
     status, _ = proxy.get("/v1/nowhere/..")
+    access_lines(proxy, "not_found", 1)
     lines = {line["request_id"]: line for line in access_lines(proxy)}
     assert lines["logged-1"].keys() >= ACCESS_FIELDS
     assert lines["logged-1"] | {"duration_seconds": 0, "time": ""} == {
@@ -145,7 +159,7 @@ async def test_batched_requests_log_the_batch_that_carried_them_and_send_its_id_
             *(c.embeddings.create(model="text-embedding-3-small", input=f"t{i}") for i in range(4))
         )
     calls = simulator.calls_for("embeddings")
-    embeds = [line for line in access_lines(proxy) if line["route"] == "embeddings"]
+    embeds = access_lines(proxy, "embeddings", 4)
     assert len(embeds) == 4
     batches = {line["batch"] for line in embeds}
     upstream_ids = {call.headers["x-request-id"] for call in calls if call.n_inputs > 1}

@@ -64,7 +64,7 @@ class ProxyApp:
         config: ProxyConfig,
         environ: Mapping[str, str] = os.environ,
         *,
-        access_log: bool = True,
+        access_log: logs.AccessLog | None = None,
     ) -> None:
         self.config = config
         self.access_log = access_log
@@ -147,11 +147,11 @@ class ProxyApp:
             counted.inc()
             duration = time.perf_counter() - started
             timed.observe(duration)
-            if self.access_log:
+            if self.access_log is not None:
                 self.log_access(request_id, route, method, status, duration, reply)
 
-    @staticmethod
     def log_access(
+        self,
         request_id: bytes,
         route: str,
         method: str,
@@ -165,7 +165,8 @@ class ProxyApp:
                 cache = value.decode("latin-1")
             elif key == dispatching.BATCH_HEADER:
                 batch = value.decode("latin-1")
-        logs.request_done({
+        assert self.access_log is not None
+        self.access_log.add({
             "request_id": request_id.decode("latin-1"),
             "route": route,
             "method": method,
@@ -294,6 +295,8 @@ class ProxyApp:
             await self.cache.close()
         if self.tool_cache is not None:
             await self.tool_cache.close()
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.state.value} upstream={self.upstream!r}>"

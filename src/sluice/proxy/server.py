@@ -47,7 +47,7 @@ def serve(
 ) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
     logs.configure(log_level, log_format)
-    app = ProxyApp(config, access_log=access_log)
+    app = ProxyApp(config, access_log=logs.AccessLog(log_format) if access_log else None)
     uv_config = uvicorn.Config(
         app,
         host=config.listen.host,
