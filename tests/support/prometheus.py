@@ -141,21 +141,25 @@ class PrometheusServer:
         assert len(found) == 1, f"{expression}: {len(found)} series: {found}"
         return float(found[0]["value"][1])
 
-    def last_scrapes(self) -> dict[str, float]:
-        """By job: when its target was last scraped (Unix seconds)."""
-        found = self.query("max by (job) (timestamp(up))")
-        return {series["metric"]["job"]: float(series["value"][1]) for series in found}
+    def scrapes_since(self, after: float) -> dict[str, int]:
+        """By job: how many times its target was scraped after `after` (Unix seconds)."""
+        data = self.api("query", query="up[5m]")
+        return {
+            series["metric"]["job"]: sum(float(at) > after for at, _ in series["values"])
+            for series in data["result"]
+        }
 
-    def wait_scraped(self, after: float) -> None:
-        """Wait until every target was scraped twice since `after` (time.time()): the first may
-        have begun before it."""
+    def wait_scraped(self, after: float, times: int = 3) -> None:
+        """Wait until every target was scraped `times` since `after` (time.time()): the first
+        may have begun before it, and a rate needs two samples. (Prometheus starts scraping some
+        seconds after it is ready, when its discovery first reports the targets.)"""
         deadline = time.monotonic() + SCRAPE_TIMEOUT_SECONDS
         while True:
-            scrapes = self.last_scrapes()
-            if len(scrapes) == len(self.targets) and min(scrapes.values()) > after + 1.5:
+            scrapes = self.scrapes_since(after)
+            if len(scrapes) == len(self.targets) and min(scrapes.values()) >= times:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"not scraped since {after}: {scrapes}\n{self.log()}")
+                raise AssertionError(f"not scraped {times} times since {after}: {scrapes}")
             time.sleep(0.2)
 
     def stop(self) -> None:
