@@ -5,7 +5,7 @@ PYTHON := .venv/bin/python
 UPSTREAM ?= https://api.openai.com/v1
 PORT ?= 8080
 
-.PHONY: run test lint unit integration crds image bench cluster-up cluster-down kind-e2e
+.PHONY: run test lint unit integration crds image bench bench-quick bench-deps cluster-up cluster-down kind-e2e
 
 ## run: start the proxy on its built-in in-memory defaults (UPSTREAM=..., PORT=...)
 run:
@@ -42,15 +42,21 @@ image:
 	@hack/setup.sh
 	hack/image/build.sh
 
-## bench: all benchmarks, Sluice against baselines measured in the same run (needs wrk)
-bench:
+## bench: every scenario against Sluice, LiteLLM and the baselines in one run (<= 15 min on
+## 2 cores, with a 10-minute soak); writes docs/benchmarks.md and docs/benchmarks.png
+## (needs wrk and redis-server; LiteLLM installs itself into ~/.cache/sluice/bench/ once)
+bench: bench-deps
+	$(PYTHON) -m bench
+
+## bench-quick: the same in under 3 minutes (fewer requests, no soak)
+bench-quick: bench-deps
+	$(PYTHON) -m bench --quick
+
+bench-deps:
 	@hack/setup.sh
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null \
+		|| apt-get install -y --no-install-recommends wrk redis-server
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
-	$(PYTHON) -m bench.passthrough
-	$(PYTHON) -m bench.stack
-	$(PYTHON) -m bench.batching
-	$(PYTHON) -m bench.cache_hits
-	$(PYTHON) -m bench.mcp
 
 ## cluster-up / cluster-down: the tests' control plane, in the background, for people
 cluster-up:

@@ -57,20 +57,35 @@ def wait_http(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def spawn(command: list[str], ready_url: str, cpu: str | None = None) -> subprocess.Popen[bytes]:
-    """Start a process (pinned to `cpu` cores when given) and wait until `ready_url` answers."""
+def spawn(
+    command: list[str],
+    ready_url: str,
+    cpu: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 20,
+) -> subprocess.Popen[bytes]:
+    """Start a process (pinned to `cpu` cores when given) and wait until `ready_url` answers.
+
+    Its stderr goes to a file, not a pipe: a chatty peer would block on a full pipe nobody reads.
+    """
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_http(ready_url)
-    except RuntimeError:
-        process.kill()
-        raise RuntimeError(process.communicate()[1].decode()[-2000:]) from None
-    except BaseException:  # Ctrl-C while waiting: nobody else holds the process to stop it
-        process.kill()
-        process.wait()
-        raise
+    environ = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=environ
+        )
+        try:
+            wait_http(ready_url, timeout)
+        except RuntimeError:
+            process.kill()
+            process.wait()
+            log.seek(0)
+            raise RuntimeError(log.read().decode(errors="replace")[-2000:]) from None
+        except BaseException:  # Ctrl-C while waiting: nobody else holds the process to stop it
+            process.kill()
+            process.wait()
+            raise
     return process
 
 
@@ -81,8 +96,36 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    if process.stderr is not None:
-        process.stderr.close()
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a peer may run workers in child processes)."""
+    found = [pid]
+    for parent in found:
+        with contextlib.suppress(OSError):
+            children = pathlib.Path(f"/proc/{parent}/task/{parent}/children").read_text()
+            found += [int(child) for child in children.split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants."""
+    total = 0.0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants."""
+    total = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in pathlib.Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 @contextlib.contextmanager
@@ -125,9 +168,7 @@ def sluice(
         "--log-level",
         "warning",
     ]
-    if env:
-        os.environ.update(env)
-    process = spawn(command, f"http://127.0.0.1:{port}/readyz", cpu)
+    process = spawn(command, f"http://127.0.0.1:{port}/readyz", cpu, env)
     try:
         yield Proxy(f"http://127.0.0.1:{port}/v1", process.pid)
     finally:

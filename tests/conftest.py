@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.support.simulator",
     "tests.support.proxy",
     "tests.support.redis",
+    "tests.support.redistopologies",
     "tests.support.controlplane",
     "tests.support.toolservers",
     "tests.support.mcp",

@@ -101,7 +101,7 @@ def test_cross_field_rules_sit_on_the_objects_they_compare() -> None:
     assert any("self.endpoints" in rule and "self.url" in rule for rule in rules["upstream"])
 
 
-EXTRA_COLUMNS = {"LLMBatchPolicy": [], "ToolCachePolicy": ["Servers", "Tools"]}
+EXTRA_COLUMNS = {"LLMBatchPolicy": ["Deferred"], "ToolCachePolicy": ["Servers", "Tools"]}
 
 
 def test_names_scope_and_columns() -> None:

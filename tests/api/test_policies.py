@@ -70,6 +70,12 @@ def test_spec_models_extend_the_shared_settings_with_secret_references_only() ->
             id="keepalive-over-max",
         ),
         pytest.param(
+            policies.LLMBatchPolicySpec,
+            {"deferred": {"store": "redis"}},
+            "deferred.store redis needs cache.redis.urlSecretRef",
+            id="deferred-redis-no-url",
+        ),
+        pytest.param(
             policies.ToolCachePolicySpec,
             {"servers": [{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]},
             "unique",
@@ -99,6 +105,14 @@ def test_cross_field_rules_hold_in_pydantic_as_in_cel(
             policies.LLMBatchPolicySpec,
             {"pool": {"maxConnections": 5, "maxKeepaliveConnections": 5}},
             id="keepalive-equal",
+        ),
+        pytest.param(
+            policies.LLMBatchPolicySpec,
+            {
+                "deferred": {"store": "redis"},
+                "cache": {"redis": {"urlSecretRef": {"name": "r", "key": "u"}}},
+            },
+            id="deferred-redis-with-url",
         ),
     ],
 )

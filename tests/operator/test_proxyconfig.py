@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,16 @@ def test_secret_names_lists_each_referenced_secret_once() -> None:
         cache={"backend": "redis", "redis": {"urlSecretRef": {"name": "shared", "key": "url"}}},
     )
     assert proxyconfig.render(policy).secret_names == ["shared"]
+
+
+@pytest.mark.parametrize("make", [factories.llm, factories.tools], ids=["llm", "mcp"])
+def test_a_redis_cluster_in_the_spec_reaches_the_rendered_config(make: Any) -> None:
+    # A Sentinel set needs nothing but its URL (`redis+sentinel://…`), which is in the Secret.
+    redis = {"cluster": True, "poolSize": 8, "urlSecretRef": {"name": "redis", "key": "url"}}
+    rendered = proxyconfig.render(make(cache={"backend": "tiered", "redis": redis}))
+    section = rendered.config.llm or rendered.config.mcp
+    assert section is not None
+    assert (section.cache.redis.cluster, section.cache.redis.pool_size) == (True, 8)
+    assert "cluster: true" in rendered.text
+    env = proxyconfig.SecretEnv(proxyconfig.REDIS_URL_ENV, "redis", "url")
+    assert env in rendered.env

@@ -207,3 +207,27 @@ def test_a_problem_is_new_only_when_the_last_status_showed_another_reason() -> N
     assert not status.newly_failing(shown, problem)
     assert status.newly_failing(shown, status.Problem("SecretKeyNotFound", "m"))
     assert not status.newly_failing({}, None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "store"),
+    [
+        pytest.param({}, "memory", id="default-memory-cache"),
+        pytest.param(
+            {"cache": {"backend": "tiered", "redis": {"urlSecretRef": {"name": "r", "key": "u"}}}},
+            "redis",
+            id="auto-follows-a-redis-cache",
+        ),
+        pytest.param(
+            {"deferred": {"store": "memory"}, "cache": {"backend": "memory"}}, "memory", id="named"
+        ),
+    ],
+)
+def test_the_status_says_where_deferred_jobs_live(spec: dict[str, Any], store: str) -> None:
+    result = status.compute(factories.llm_body(**spec), deployment(ready=1), None, NOW)
+    assert result["deferredStore"] == store
+
+
+def test_a_spec_that_fails_validation_names_no_deferred_store() -> None:
+    body = factories.llm_body(deferred={"maxItemsPerBatch": 0})
+    assert "deferredStore" not in status.compute(body, None, None, NOW)

@@ -17,7 +17,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import pytest
 
@@ -29,10 +30,14 @@ START_TIMEOUT_SECONDS = 10.0
 class RedisServer:
     """One `redis-server` process; its port stays the same across restarts."""
 
-    def __init__(self, binary: str, workdir: pathlib.Path, port: int) -> None:
+    def __init__(
+        self, binary: str, workdir: pathlib.Path, port: int, extra: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = port
+        self.extra = list(extra)
+        """More arguments (cluster mode, `--replicaof`: `tests.support.redistopologies`)."""
         self.log_path = workdir / f"redis-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -40,8 +45,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
-        command = [
+    def arguments(self) -> list[str]:
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -55,8 +60,11 @@ class RedisServer:
             str(self.workdir),
             "--logfile",
             str(self.log_path),
+            *self.extra,
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(self.arguments(), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self.ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -79,10 +87,11 @@ class RedisServer:
                 self.kill()
 
     def command(self, *args: str) -> bytes:
-        """Send one command (inline protocol) and return the raw reply."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+        """Send one command (inline protocol) and return its whole reply, raw."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
             conn.sendall(" ".join(args).encode() + b"\r\n")
-            return conn.recv(65536)
+            with conn.makefile("rb") as replies:
+                return read_reply(replies)
 
     def ping(self) -> bool:
         try:
@@ -99,6 +108,19 @@ class RedisServer:
     def __repr__(self) -> str:
         running = self.process is not None and self.process.poll() is None
         return f"<RedisServer {self.url} {'running' if running else 'stopped'}>"
+
+
+def read_reply(replies: BinaryIO) -> bytes:
+    """One RESP2 reply, raw: a line, plus a bulk string's bytes or an array's elements."""
+    line = replies.readline()
+    if not line:
+        raise ConnectionError("redis closed the connection")
+    kind, size = line[:1], line[1:].strip()
+    if kind == b"$" and int(size) >= 0:
+        return line + replies.read(int(size) + 2)
+    if kind == b"*" and int(size) > 0:
+        return line + b"".join(read_reply(replies) for _ in range(int(size)))
+    return line
 
 
 @pytest.fixture

@@ -56,7 +56,10 @@ class RedisConfig(RedisSettings):
     """Redis, with its URL taken from the environment."""
 
     url_env: str = Field(default="REDIS_URL", pattern=ENV_NAME)
-    """Environment variable holding the Redis URL (`redis://…` or `rediss://…`)."""
+    """Environment variable holding the Redis URL: `redis://…` or `rediss://…` (one node, or
+    any node of a cluster with `cluster: true`), or
+    `redis+sentinel://[:password@]host:port[,host:port…]/master[/db]` (the primary its Sentinels
+    name)."""
 
 
 class CacheConfig(CacheSettings):

@@ -136,10 +136,68 @@ class CacheSettings(StoreSettings):
     """Let every tenant read every other tenant's entries. Only for public, non-personal data."""
 
 
+class ModelPrice(Model):
+    """What the upstream charges for one model at its synchronous (full) price."""
+
+    input_per_million: float = Field(ge=0, le=1000000)
+    """Dollars per million prompt (input) tokens."""
+    output_per_million: float = Field(default=0, ge=0, le=1000000)
+    """Dollars per million completion (output) tokens."""
+
+
+class DeferredSettings(Model):
+    """Deferred mode: ordinary requests sent as provider Batch API jobs (half the price, answers
+    within the deadline), opted into per request (`x-sluice-deferred`) or for the whole route."""
+
+    enabled: bool = False
+    """Defer every eligible request (non-streaming chat, completions, embeddings) that does not
+    say `x-sluice-deferred: false`; when false only requests with the header are deferred."""
+    default_deadline_seconds: float = Field(default=86400, ge=1, le=86400)
+    """Deadline of a request that opts in without naming one (`x-sluice-deferred: true`)."""
+    max_items_per_batch: int = Field(default=1000, ge=1, le=50000)
+    """Items per Batch API job; a group with this many waiting items is submitted at once."""
+    flush_after_seconds: float = Field(default=60, ge=0.01, le=86400)
+    """Longest time the oldest waiting item of a group waits before a partial job is submitted."""
+    poll_interval_seconds: float = Field(default=30, ge=0.01, le=3600)
+    """First wait between polls of a submitted job; doubled after each poll, up to the maximum."""
+    max_poll_interval_seconds: float = Field(default=300, ge=0.01, le=3600)
+    """Upper bound of the wait between polls."""
+    assumed_batch_latency_seconds: float = Field(default=3600, ge=0, le=86400)
+    """Expected time from submitting a job to its results, until jobs have shown it: an item
+    whose deadline is nearer than this is sent synchronously at once."""
+    fallback_margin_seconds: float = Field(default=60, ge=0, le=86400)
+    """Time kept in hand before a deadline, beyond the learnt synchronous latency: an item still
+    unanswered this close to its deadline is sent synchronously (at full price)."""
+    on_incomplete: Literal["resend", "fail"] = "resend"
+    """Items an expired, cancelled or failed job left unanswered: queued again for the next job
+    (the deadline fallback still applies), or answered with an error."""
+    result_ttl_seconds: int = Field(default=86400, ge=60, le=604800)
+    """How long a finished job's answer is kept for `GET /v1/sluice/jobs/{id}`."""
+    savings_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Share of the synchronous price a batched item saves (OpenAI's Batch API: 50%)."""
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Synchronous prices by model name, for the estimated-savings metric; models not named
+    count their tokens only."""
+    store: Literal["auto", "memory", "redis"] = "auto"
+    """Where pending items, job ids and results live: `redis` (the cache's Redis; survives
+    restarts and is shared by replicas), `memory` (one replica only), or `auto` (Redis when the
+    cache uses it)."""
+
+
+def deferred_store(deferred: DeferredSettings, cache: CacheSettings) -> Literal["memory", "redis"]:
+    """Where deferred state lives for these settings: the one rule the proxy and the operator's
+    status both follow (`auto` is Redis when the cache uses Redis)."""
+    if deferred.store != "auto":
+        return deferred.store
+    return "memory" if cache.backend == "memory" or cache.mode == "off" else "redis"
+
+
 class LLMSettings(Model):
     """Everything about one upstream except the parts that name secrets (upstream, cache)."""
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     """Request batching."""
+    deferred: DeferredSettings = Field(default_factory=DeferredSettings)
+    """Deferred mode (provider Batch API jobs)."""
     pool: PoolSettings = Field(default_factory=PoolSettings)
     """Upstream connection pooling."""

@@ -99,7 +99,8 @@ class RedisSpec(RedisSettings):
     """How the proxy talks to Redis, and the Secret key holding its URL."""
 
     url_secret_ref: SecretKeyRef | None = None
-    """Secret key holding the Redis URL (`redis://…` or `rediss://…`); required by the `redis`
+    """Secret key holding the Redis URL (`redis://…`, `rediss://…` or
+    `redis+sentinel://[:password@]host:port[,host:port…]/master[/db]`); required by the `redis`
     and `tiered` backends."""
 
 
@@ -181,8 +182,18 @@ class MetricsSpec(Model):
 # --- Specs --------------------------------------------------------------------------------
 
 
+DEFERRED_NEEDS_URL = cel(
+    "!has(self.deferred) || !has(self.deferred.store) || self.deferred.store != 'redis'"
+    " || (has(self.cache) && has(self.cache.redis) && has(self.cache.redis.urlSecretRef))",
+    "deferred.store redis needs cache.redis.urlSecretRef",
+    ".cache.redis.urlSecretRef",
+)
+
+
 class LLMBatchPolicySpec(LLMSettings):
     """One OpenAI-compatible upstream and how to treat it: batching, caching, pooling."""
+
+    model_config = ConfigDict(json_schema_extra=validations(DEFERRED_NEEDS_URL))
 
     # Redeclared only to carry the CEL rule: PoolSettings is shared with the proxy config.
     pool: PoolSettings = Field(
@@ -201,6 +212,12 @@ class LLMBatchPolicySpec(LLMSettings):
     @model_validator(mode="after")
     def _pool_limits(self) -> LLMBatchPolicySpec:
         check_pool(self.pool)
+        return self
+
+    @model_validator(mode="after")
+    def _deferred_redis_needs_url(self) -> LLMBatchPolicySpec:
+        if self.deferred.store == "redis" and self.cache.redis.url_secret_ref is None:
+            raise ValueError(DEFERRED_NEEDS_URL["message"])
         return self
 
 
@@ -294,11 +311,16 @@ class PolicyStatus(Model):
 
 
 class LLMBatchPolicyStatus(PolicyStatus):
-    """What the operator made of the policy, and what its proxies' metrics say it saved."""
+    """What the operator made of the policy, what its proxies' metrics say it saved, and where its
+    deferred jobs live."""
 
     calls_saved_per_hour: int | None = Field(default=None, ge=0)
     """Upstream calls the proxies saved (batched, cached, shared) per hour, each ready pod's
     since it started, summed; unset until the pods have been read."""
+    deferred_store: Literal["redis", "memory"] | None = None
+    """Where deferred mode keeps pending items, job ids and results: `redis` (shared by the
+    replicas, kept across restarts) or `memory` (works on one replica only: a job is known only
+    to the pod that took it, and lost when that pod restarts)."""
 
 
 class ToolCachePolicyStatus(PolicyStatus):
@@ -390,6 +412,7 @@ KINDS: dict[str, Kind] = {
             spec_required=False,
             status=LLMBatchPolicyStatus,
             caches=frozenset({"chat", "completions", "embeddings"}),
+            columns=({"name": "Deferred", "type": "string", "jsonPath": ".status.deferredStore"},),
         ),
         Kind(
             kind="ToolCachePolicy",

@@ -17,11 +17,16 @@ class RedisSettings(Model):
     """How the proxy talks to Redis; where Redis is comes from a secret (config or CRD side)."""
 
     pool_size: int = Field(default=32, ge=1, le=4096)
-    """Connections in the Redis connection pool."""
+    """Connections in the Redis connection pool (on a cluster: to each node), and so the Redis
+    commands in flight at once; more wait, within `timeoutMilliseconds`."""
     timeout_milliseconds: int = Field(default=50, ge=1, le=60000)
     """Time allowed for one Redis operation before the cache is bypassed for that request."""
     key_prefix: str = Field(default="sluice:", max_length=64)
     """Prefix of every key the proxy writes, so one Redis can serve several policies."""
+    cluster: bool = False
+    """The URL names one node of a Redis Cluster (`redis://` or `rediss://`, database 0): the
+    proxy learns the others from it and spreads the keys over every primary. A Sentinel-watched
+    primary needs no flag: its URL says so (`redis+sentinel://…`)."""
 
 
 class StoreSettings(Model):

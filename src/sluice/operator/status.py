@@ -13,7 +13,9 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from sluice.api import policies
+import pydantic
+
+from sluice.api import llm, policies
 from sluice.operator import resources
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
@@ -164,7 +166,22 @@ def compute(
         endpoint=resources.endpoint(body["kind"], meta["namespace"], meta["name"]),
         ready_replicas=0 if state is None else state.ready,
     )
-    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    result = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if body["kind"] == "LLMBatchPolicy":
+        store = deferred_store(body.get("spec"))
+        if store is not None:
+            result["deferredStore"] = store
+    return result
+
+
+def deferred_store(spec: Any) -> str | None:
+    """Where the policy's deferred jobs live (`memory`: one replica only); None for a spec that
+    does not validate (its status says why elsewhere)."""
+    try:
+        valid = policies.LLMBatchPolicySpec.model_validate(spec or {})
+    except pydantic.ValidationError:
+        return None
+    return llm.deferred_store(valid.deferred, valid.cache)
 
 
 def changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -37,6 +37,7 @@ from sluice.proxy.http.asgi import (
     until_hangup,
 )
 from sluice.proxy.llm import client, dispatching, responses, routes
+from sluice.proxy.llm.deferred import JOBS_PREFIX, jobstore
 from sluice.proxy.mcp import gateway, transport
 from sluice.proxy.upstream import sessions
 
@@ -87,7 +88,8 @@ class ProxyApp:
             self.upstream = client.Upstream(config.llm.upstream, config.llm.pool, api_key)
             if config.llm.cache.mode != "off":
                 self.cache = backends.build(config.llm.cache, environ)
-            self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache)
+            jobs = jobstore.build(config.llm, environ)
+            self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache, jobs)
             self.routes |= {
                 ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
                 ("POST", "/v1/completions"): ("completions", self.llm.completions),
@@ -209,6 +211,8 @@ class ProxyApp:
         found = self.routes.get((method, path))
         if found is not None:
             return found
+        if self.llm is not None and method == "GET" and path.startswith(JOBS_PREFIX):
+            return "deferred_job", self.llm.job
         if (
             self.llm is not None
             and (path == routes.API_PREFIX or path.startswith("/v1/"))
@@ -271,6 +275,7 @@ class ProxyApp:
             await self.upstream.start()
         if self.llm is not None:
             self.llm.dispatcher.start()
+            await self.llm.deferral.start()
         if self.cache is not None:
             await self.cache.start()
         if self.tool_cache is not None:
@@ -285,6 +290,7 @@ class ProxyApp:
         self.state = State.DRAINING
         await self.sampler.stop()
         if self.llm is not None:
+            await self.llm.deferral.stop()  # its rescues go through the dispatcher: first
             await self.llm.dispatcher.stop()  # answers what waits or flies, so before the close
         if self.upstream is not None:
             await self.upstream.close()

@@ -316,3 +316,43 @@ mcp_notifications = Counter(
     "Notifications received from upstream servers, by server and method.",
     ["server", "method"],
 )
+
+# --- Deferred mode (Batch API jobs) -------------------------------------------------------------
+deferred_items = Counter(
+    "sluice_deferred_items_total",
+    "Requests deferred (kept for a Batch API job), by endpoint kind.",
+    ["endpoint"],
+)
+deferred_answers = Counter(
+    "sluice_deferred_answers_total",
+    "Deferred requests answered, by endpoint kind and path: batch (a Batch API job's result), "
+    "sync (sent synchronously at full price by the deadline fallback), error (given up).",
+    ["endpoint", "path"],
+)
+deferred_fallbacks = Counter(
+    "sluice_deferred_fallbacks_total",
+    "Deferred requests sent synchronously, by reason: admission (the deadline was nearer than "
+    "a batch takes), deadline (it neared while the item waited).",
+    ["reason"],
+)
+deferred_batches = Counter(
+    "sluice_deferred_batches_total",
+    "Batch API jobs by the state they reached: submitted, completed, expired, cancelled, "
+    "failed, abandoned (every item answered otherwise, so the proxy cancelled it).",
+    ["state"],
+)
+deferred_batch_duration = Histogram(
+    "sluice_deferred_batch_duration_seconds",
+    "Time from submitting a Batch API job to its end.",
+    buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 57600, 86400),
+)
+deferred_tokens = Counter(
+    "sluice_deferred_tokens_total",
+    "Tokens answered at the batch price, by type (prompt, completion).",
+    ["type"],
+)
+deferred_saved = Counter(
+    "sluice_deferred_cost_saved_dollars_total",
+    "Estimated dollars saved by batch answers against the synchronous price "
+    "(`llm.deferred.prices` times `savingsRatio`; models without a price count nothing).",
+)

@@ -5,10 +5,16 @@ SDK clients retry elsewhere, while the listener stays open so both are observabl
 in-flight requests are done (or `shutdownGraceSeconds` has passed) uvicorn's own shutdown runs:
 stop accepting, close connections, and the app's shutdown (flush batches, close pools).
 A second signal skips the wait.
+
+Once started, the collector is tuned (`tune_gc`): measured per 10,000 pass-through requests
+(`python -m bench.gcpressure`, docs/benchmarks.md), CPython's full passes over the start-up heap
+were ~15% of the proxy's CPU; cache hits make no garbage the collector has to find.
 """
 
 from __future__ import annotations
 
+import gc
+import socket
 from types import FrameType
 
 import uvicorn
@@ -16,6 +22,18 @@ import uvicorn
 from sluice.api import ProxyConfig
 from sluice.proxy import logs
 from sluice.proxy.app import ProxyApp
+
+GC_THRESHOLDS = (10_000, 20, 20)
+"""CPython's default is (700, 10, 10): a young collection every 700 net allocations, which a
+burst of concurrent requests reaches without making any garbage that needs the collector."""
+
+
+def tune_gc() -> None:
+    """Freeze what start-up made (modules, config, pools: alive as long as the process), so full
+    collections stop walking it, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class DrainingServer(uvicorn.Server):
@@ -26,6 +44,10 @@ class DrainingServer(uvicorn.Server):
         self.proxy_app = app
 
         self.draining = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the app's lifespan startup is done when this returns
+        tune_gc()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self.proxy_app.loop

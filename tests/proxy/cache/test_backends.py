@@ -109,15 +109,17 @@ async def test_tiered_get_many_asks_the_remote_only_for_local_misses() -> None:
     assert remote.reads == 1
 
 
-async def test_tiered_writes_locally_even_when_the_remote_is_down() -> None:
+async def test_tiered_is_a_memory_cache_while_the_remote_is_down() -> None:
     remote = FakeRemote()
     layered = tiered.TieredCache(memory.MemoryCache(10, 10_000, "p:"), remote, 5)
     remote.down = True
+    assert await layered.get("p:a") is None  # a miss, so its answer is stored, not a bypass
+    assert await layered.get_many(["p:a", "p:b"]) == [None, None]
     with pytest.raises(store.UnavailableError):
         await layered.set("p:a", b"1", 60)
+    await layered.local.set("p:b", b"2", 5)
     assert await layered.get("p:a") == b"1"
-    with pytest.raises(store.UnavailableError):
-        await layered.get("p:other")
+    assert await layered.get_many(["p:a", "p:b", "p:c"]) == [b"1", b"2", None]
 
 
 async def test_tiered_invalidation_clears_both_tiers_and_reports_the_remote_count() -> None:

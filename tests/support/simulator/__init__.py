@@ -12,6 +12,8 @@ provider. It is test and bench support, not product code. It aims to be
 * observable: every call is counted and logged (endpoint, inputs, Authorization header, body), so
   tests can assert how many upstream calls a batch of client requests produced and that no call
   mixed two tenants (:mod:`.state`);
+* faithful in its Batch API too (:mod:`.batches`: files, jobs that complete, expire, fail or
+  are cancelled, per-item errors), and billable (:mod:`.pricing`: what a call log would cost);
 * controllable: latency, shuffled result order, error statuses, hangs, dropped connections and cut
   streams are injected through a Python API or over HTTP under ``/_sim/...`` (for benches that run
   in another process; :mod:`.server`, :mod:`.pipeline`);
@@ -32,6 +34,7 @@ Ways to run it:
 from tests.support.simulator.answers import count_tokens, embedding_base64, embedding_vector
 from tests.support.simulator.cli import main
 from tests.support.simulator.plugin import simulator, simulator_thread
+from tests.support.simulator.pricing import Bill, bill
 from tests.support.simulator.runner import SimulatorThread
 from tests.support.simulator.server import Simulator
 from tests.support.simulator.state import (
@@ -45,12 +48,14 @@ from tests.support.simulator.state import (
 
 __all__ = [
     "DEFAULT_MODELS",
+    "Bill",
     "CallRecord",
     "Fault",
     "SimConfig",
     "SimStats",
     "Simulator",
     "SimulatorThread",
+    "bill",
     "canonical_endpoint",
     "count_tokens",
     "embedding_base64",

@@ -1,9 +1,9 @@
-"""The ``/v1`` endpoint handlers: embeddings, chat and legacy completions, models, files, echo.
+"""The ``/v1`` endpoint handlers: embeddings, chat and legacy completions, models, echo.
 
 Each handler is synchronous and only computes: it validates the request with :mod:`.protocol`,
 builds the answer from :mod:`.answers` and returns it, whole or as SSE events. The pipeline in
 :mod:`.pipeline` owns everything else (recording, faults, latency, writing), and
-:mod:`.server` routes each path to its handler.
+:mod:`.server` routes each path to its handler. Files and Batch API jobs are in :mod:`.batches`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Ctx:
     config: state.SimConfig
     call: state.CallRecord
     request_id: str
+    shared: state.State
+    """The simulator's state, for the stateful endpoints (files, batches)."""
 
 
 @dataclass
@@ -84,6 +86,7 @@ def embeddings(ctx: Ctx) -> Reply:
     if config.shuffle_embeddings:
         random.shuffle(data)
     total = sum(tokens)
+    ctx.call.usage = {"prompt_tokens": total, "total_tokens": total}
     return protocol.json_response(
         {
             "object": "list",
@@ -118,7 +121,7 @@ def chat(ctx: Ctx) -> Reply:
     replies = [answers.truncate_words(answers.variant(base, j, randomise), limit) for j in range(n)]
     prompt_tokens = sum(answers.count_tokens(protocol.message_text(m)) for m in messages)
     completion_tokens = sum(answers.count_tokens(text) for text, _ in replies)
-    usage = answers.usage(prompt_tokens, completion_tokens, detailed=True)
+    usage = ctx.call.usage = answers.usage(prompt_tokens, completion_tokens, detailed=True)
     head = {
         "id": f"chatcmpl-sim{ctx.call.seq:010d}",
         "created": int(time.time()),
@@ -202,7 +205,7 @@ def completions(ctx: Ctx) -> Reply:
     if config.shuffle_completions:
         random.shuffle(choices)
     completion_tokens = sum(answers.count_tokens(c["text"]) for c in choices)
-    usage = answers.usage(sum(prompt_tokens), completion_tokens)
+    usage = ctx.call.usage = answers.usage(sum(prompt_tokens), completion_tokens)
     head = {
         "id": f"cmpl-sim{ctx.call.seq:010d}",
         "object": "text_completion",
@@ -244,17 +247,6 @@ def get_model(ctx: Ctx) -> Reply:
     if model_id not in ctx.config.models:
         raise protocol.model_not_found(model_id)
     return protocol.json_response(answers.model_object(model_id), request_id=ctx.request_id)
-
-
-def list_files(ctx: Ctx) -> Reply:
-    payload: dict[str, Any] = {
-        "object": "list",
-        "data": [],
-        "first_id": None,
-        "last_id": None,
-        "has_more": False,
-    }
-    return protocol.json_response(payload, request_id=ctx.request_id)
 
 
 def echo(ctx: Ctx) -> Reply:

@@ -37,7 +37,7 @@ async def serve(
         call.fault = fault.mode
         if fault.mode in ("close", "reset"):
             return _drop_connection(request, rst=fault.mode == "reset")  # status stays None
-    ctx = endpoints.Ctx(request, raw, body, config, call, request_id)
+    ctx = endpoints.Ctx(request, raw, body, config, call, request_id, shared)
     try:
         reply = _compute(ctx, handler, fault)
     except protocol.ApiError as err:
@@ -106,7 +106,8 @@ def _compute(
     protocol.check_auth(ctx.request, ctx.config)
     if fault is not None and fault.mode == "status":
         raise protocol.fault_error(fault)
-    if ctx.body is protocol.INVALID_JSON:
+    multipart = ctx.request.content_type == "multipart/form-data"  # a file upload
+    if ctx.body is protocol.INVALID_JSON and not multipart:
         raise protocol.ApiError(
             400,
             "We could not parse the JSON body of your request. (HINT: This likely means you "

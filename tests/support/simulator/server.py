@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.simulator import endpoints, pipeline, protocol, state
+from tests.support.simulator import batches, endpoints, pipeline, protocol, state
 
 
 class Simulator:
@@ -140,6 +140,22 @@ class Simulator:
             state.Fault(mode="cut", endpoint=endpoint, count=count, after_chunks=after_chunks)
         )
 
+    def expire_next_batch(self, after_ms: float = 0.0) -> None:
+        """The next Batch API job created expires after ``after_ms`` (items finished by then,
+        per ``batch_delay_ms``, are answered; the rest get ``batch_expired`` lines)."""
+        with self._state.lock:
+            self._state.batch_faults.append(batches.BatchFault("expire", after_ms))
+
+    def fail_next_batch(self) -> None:
+        """The next Batch API job created fails validation (status ``failed``, no output)."""
+        with self._state.lock:
+            self._state.batch_faults.append(batches.BatchFault("fail"))
+
+    def batch_jobs(self) -> list[dict[str, Any]]:
+        """Every Batch API job as ``client.batches.retrieve`` last saw it (not advanced)."""
+        with self._state.lock:
+            return [b.to_dict() for b in self._state.batches.values()]
+
     # ---- app ------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
@@ -159,7 +175,15 @@ class Simulator:
         app.router.add_post("/v1/completions", route("completions", endpoints.completions))
         app.router.add_get("/v1/models", route("models", endpoints.list_models))
         app.router.add_get("/v1/models/{model_id:.+}", route("models", endpoints.get_model))
-        app.router.add_get("/v1/files", route("files", endpoints.list_files))
+        app.router.add_get("/v1/files", route("files", batches.list_files))
+        app.router.add_post("/v1/files", route("files", batches.upload_file))
+        app.router.add_get("/v1/files/{file_id}", route("files", batches.get_file))
+        app.router.add_delete("/v1/files/{file_id}", route("files", batches.delete_file))
+        app.router.add_get("/v1/files/{file_id}/content", route("files", batches.file_content))
+        app.router.add_post("/v1/batches", route("batches", batches.create_batch))
+        app.router.add_get("/v1/batches", route("batches", batches.list_batches))
+        app.router.add_get("/v1/batches/{batch_id}", route("batches", batches.get_batch))
+        app.router.add_post("/v1/batches/{batch_id}/cancel", route("batches", batches.cancel_batch))
         app.router.add_get("/_sim/stats", self._ctl_stats)
         app.router.add_get("/_sim/health", self._ctl_health)
         app.router.add_post("/_sim/reset", self._ctl_reset)

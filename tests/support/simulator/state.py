@@ -28,7 +28,7 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 _FAULT_MODES: frozenset[str] = frozenset({"status", "hang", "close", "reset", "cut"})
 # Endpoint names used in counters, call records and fault targets; aliases accepted on input.
-_ENDPOINTS = ("embeddings", "chat", "completions", "models", "files", "other")
+_ENDPOINTS = ("embeddings", "chat", "completions", "models", "files", "batches", "other")
 _ENDPOINT_ALIASES: dict[str, str] = {
     **{name: name for name in _ENDPOINTS},
     "any": "any",
@@ -85,6 +85,12 @@ class SimConfig:
     """Answer 404 ``model_not_found`` for models not in ``models``."""
     call_log_limit: int = 10_000
     """Keep at most this many call records (counters are unbounded); 0 disables the log."""
+    batch_delay_ms: float = 0.0
+    """Time a Batch API job takes from creation to ``completed``; its items finish evenly over
+    it, so a job cancelled or expired half-way has answered the first half of its items."""
+    batch_expire_ms: float | None = None
+    """Time after which an unfinished job ``expired`` (the real API's window is 24 hours);
+    None: jobs never expire. :meth:`.server.Simulator.expire_next_batch` targets one job."""
 
     def replace(self, **changes: Any) -> SimConfig:
         """A copy with ``changes``; TypeError on unknown fields, ValueError on bad values."""
@@ -161,6 +167,11 @@ class CallRecord:
     fault: str | None = None
     status: int | None = None
     """HTTP status answered; None while in flight or when the connection was dropped."""
+    usage: dict[str, Any] | None = None
+    """The ``usage`` the answer reported (chat, completions, embeddings), for billing."""
+    batch_id: str | None = None
+    """For an item run inside a Batch API job: the job's id (such items are billed at the
+    batch price and are not in :attr:`SimStats.calls`)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -186,6 +197,8 @@ class SimStats:
     inputs_by_endpoint: dict[str, int]
     total_calls: int
     calls: list[CallRecord]
+    batch_calls: list[CallRecord] = field(default_factory=list)
+    """Items run inside Batch API jobs (their ``batch_id`` says which)."""
 
     def calls_for(self, endpoint: str) -> list[CallRecord]:
         name = canonical_endpoint(endpoint)
@@ -203,6 +216,7 @@ class SimStats:
         }
         if include_calls:
             out["calls"] = [c.to_dict() for c in self.calls]
+            out["batch_calls"] = [c.to_dict() for c in self.batch_calls]
         return out
 
 
@@ -221,13 +235,22 @@ class State:
         # Call numbers (request ids) are never reset, so ids stay unique for the server's life.
         # Only the simulator loop draws from it, so it needs no lock.
         self.seq = itertools.count(1)
+        self.batch_calls: deque[CallRecord] = deque(maxlen=config.call_log_limit)
+        # Files and Batch API jobs (:mod:`.batches`).
+        self.files: dict[str, Any] = {}
+        self.batches: dict[str, Any] = {}
+        self.batch_faults: deque[Any] = deque()
 
     def reset(self, keep_config: bool) -> None:
         with self.lock:
             if not keep_config:
                 self.config = self.initial
             self.faults.clear()
+            self.batch_faults.clear()
+            self.files.clear()
+            self.batches.clear()
             self.calls = deque(maxlen=self.config.call_log_limit)
+            self.batch_calls = deque(maxlen=self.config.call_log_limit)
             self.calls_by_endpoint.clear()
             self.inputs_by_endpoint.clear()
 
@@ -259,6 +282,10 @@ class State:
             self.inputs_by_endpoint[call.endpoint] += call.n_inputs
             self.calls.append(call)
 
+    def record_batch_call(self, call: CallRecord) -> None:
+        with self.lock:
+            self.batch_calls.append(call)
+
     def snapshot(self) -> SimStats:
         with self.lock:
             return SimStats(
@@ -266,6 +293,7 @@ class State:
                 inputs_by_endpoint=dict(self.inputs_by_endpoint),
                 total_calls=sum(self.calls_by_endpoint.values()),
                 calls=list(self.calls),
+                batch_calls=list(self.batch_calls),
             )
 
     def pending_faults(self) -> list[Fault]:

@@ -1,14 +1,21 @@
 """The Redis backend: shared by replicas, bounded in time, and never the reason a request fails.
 
-`redis.asyncio` over a blocking connection pool of `cache.redis.poolSize` connections; one
+One node, a Sentinel-watched primary or a Redis Cluster, whichever client `redisclients.build`
+makes of the config; at most `cache.redis.poolSize` commands in flight. One
 `SET key value PX ttl` per write, `MGET` and pipelines for many keys, every key under
 `cache.redis.keyPrefix` (see `keyspace.layout`). Each operation on the request path gets
 `timeoutMilliseconds` in all (waiting for a pooled connection included) and no retries; a failure
 or timeout raises `store.UnavailableError` (the caller bypasses the cache), counts in
 `sluice_cache_backend_errors_total` and is logged at most once per `LOG_INTERVAL_SECONDS`.
 A `breaker.CircuitBreaker` stops calling a Redis that keeps failing and lets one probe through
-now and then. Invalidation (admin, off the request path) scans with key patterns and has a
-longer deadline.
+now and then: a failover (primary killed) is a short bypass until the client finds the new one.
+Invalidation (admin, off the request path) scans with key patterns and has a longer deadline.
+
+On a cluster, reads of many keys are split per slot (`MGET` per slot, pipelined to each primary
+at once) rather than forced into one slot with hash tags: a hash tag per tenant would put a
+tenant's whole cache on one primary, so one busy tenant would make one hot, full node, and the
+cache needs no multi-key atomicity that only one slot could give. Keys keep one layout for every
+topology, so the admin's patterns are the same; `SCAN` runs on every primary.
 """
 
 from __future__ import annotations
@@ -19,14 +26,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-import redis.asyncio
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from sluice.api import ConfigError, RedisConfig
+from sluice.api import RedisConfig
 from sluice.proxy import metrics
-from sluice.proxy.cache import breaker, keyspace, store
+from sluice.proxy.cache import breaker, keyspace, redisclients, store
 from sluice.proxy.http import errors
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,13 @@ ADMIN_TIMEOUT_SECONDS = 60.0
 WARM_UP_SECONDS = 2.0
 WARM_CONNECTIONS = 8
 SCAN_COUNT = 1000
-FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
+# RedisClusterException is no RedisError: the cluster client raises it when no node answers.
+FAILURES = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 
 class RedisCache:
@@ -45,10 +55,11 @@ class RedisCache:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redisclients.Client,
         prefix: str,
         timeout: float,
         *,
+        in_flight: int = 32,
         circuit: breaker.CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,35 +69,28 @@ class RedisCache:
         self.timeout = timeout
         self.circuit = circuit or breaker.CircuitBreaker()
         self.clock = clock
+        # Commands in flight, at most one connection each (per node on a cluster): the cluster
+        # and Sentinel pools fail rather than wait when full (see `redisclients`).
+        self._in_flight = asyncio.Semaphore(in_flight)
+        self._warm = min(WARM_CONNECTIONS, in_flight)
         self._last_log = -LOG_INTERVAL_SECONDS
         self._unlogged = 0
 
     @classmethod
     def from_config(cls, config: RedisConfig, environ: Mapping[str, str]) -> RedisCache:
-        url = environ.get(config.url_env)
-        if not url:
-            raise ConfigError(f"cache.redis.urlEnv: environment variable {config.url_env} is unset")
+        client = redisclients.build(config, environ)
         timeout = config.timeout_milliseconds / 1000
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=config.pool_size,
-            timeout=timeout,
-            socket_connect_timeout=timeout,
-            # A backstop only: request-path calls are bounded by `timeout` through asyncio.
-            socket_timeout=ADMIN_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(redis.asyncio.Redis(connection_pool=pool), config.key_prefix, timeout)
+        return cls(client, config.key_prefix, timeout, in_flight=config.pool_size)
 
     async def start(self) -> None:
-        """Open some of the pool's connections before the proxy says it is ready, within
-        `WARM_UP_SECONDS`: a cold pool opening connections under the first burst of requests
-        would miss the request-path timeout and bypass the cache. A Redis that is down does not
-        hold the proxy back: it starts, and fails open, as ever."""
-        size = min(WARM_CONNECTIONS, self.client.connection_pool.max_connections)
+        """Open some of the pool's connections (on a cluster: to every primary, after reading
+        the slot map) before the proxy says it is ready, within `WARM_UP_SECONDS`: a cold pool
+        opening connections under the first burst of requests would miss the request-path
+        timeout and bypass the cache. A Redis that is down does not hold the proxy back: it
+        starts, and fails open, as ever."""
         try:
             async with asyncio.timeout(WARM_UP_SECONDS):
-                await asyncio.gather(*(self.client.ping() for _ in range(size)))
+                await asyncio.gather(*(redisclients.ping(self.client) for _ in range(self._warm)))
         except FAILURES as e:
             log.warning(
                 "redis not reachable at start-up (%s); the cache is bypassed until it is",
@@ -94,8 +98,7 @@ class RedisCache:
             )
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await redisclients.close(self.client)
 
     async def get(self, key: str) -> bytes | None:
         # Without `decode_responses` the client returns bytes; its stubs allow for str as well.
@@ -104,7 +107,7 @@ class RedisCache:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._call("mget", lambda: self.client.mget(keys))
+        values = await self._call("mget", lambda: redisclients.mget(self.client, keys))
         return cast("list[bytes | None]", values)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -117,7 +120,7 @@ class RedisCache:
 
     async def invalidate(self, selection: keyspace.Selection) -> int:
         try:
-            async with asyncio.timeout(ADMIN_TIMEOUT_SECONDS):
+            async with asyncio.timeout(ADMIN_TIMEOUT_SECONDS), self._in_flight:
                 patterns = selection.patterns(self.prefix)
                 return sum([await self._unlink_matching(p) for p in patterns])
         except FAILURES as e:
@@ -131,6 +134,7 @@ class RedisCache:
             return await pipe.execute()
 
     async def _unlink_matching(self, pattern: str) -> int:
+        """On a cluster `scan_iter` walks every primary and `unlink` splits its keys per slot."""
         deleted = 0
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
@@ -148,7 +152,7 @@ class RedisCache:
             raise store.UnavailableError("circuit open")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout), self._in_flight:
                 result = await command()
         except FAILURES as e:
             self.circuit.failed(self.clock())
@@ -179,9 +183,9 @@ class RedisCache:
         self._unlogged = 0
 
     def __repr__(self) -> str:
-        pool = self.client.connection_pool
         timeout = f"{self.timeout:g}s"
-        return f"<RedisCache prefix={self.prefix!r} timeout={timeout} {pool!r} {self.circuit!r}>"
+        where = redisclients.describe(self.client)
+        return f"<RedisCache {where} prefix={self.prefix!r} timeout={timeout} {self.circuit!r}>"
 
 
 def _milliseconds(ttl: float) -> int:

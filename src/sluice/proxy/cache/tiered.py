@@ -14,6 +14,11 @@ class TieredCache:
     Writes go to both. Another replica's invalidation reaches this one's memory only when its
     local copies expire, which is why `localTtlSeconds` is short; for the same reason an entry
     read from Redis may outlive its own TTL here by at most `local_ttl`.
+
+    A Redis that is down or slow makes this a memory cache, not a bypass: its read is a miss, so
+    the answer fetched for it is written to memory (the write to Redis fails, and the caller
+    ignores that as for any backend). Replicas stop sharing until Redis is back; each still
+    saves its own repeats.
     """
 
     def __init__(self, local: memory.MemoryCache, remote: store.Cache, local_ttl: float) -> None:
@@ -33,7 +38,10 @@ class TieredCache:
     async def get(self, key: str) -> bytes | None:
         value = await self.local.get(key)
         if value is None:
-            value = await self.remote.get(key)
+            try:
+                value = await self.remote.get(key)
+            except store.UnavailableError:  # counted and logged by the remote
+                return None
             if value is not None:
                 await self.local.set(key, value, self.local_ttl)
         return value
@@ -43,7 +51,10 @@ class TieredCache:
         missing = [i for i, value in enumerate(values) if value is None]
         if not missing:
             return values
-        fetched = await self.remote.get_many([keys[i] for i in missing])
+        try:
+            fetched = await self.remote.get_many([keys[i] for i in missing])
+        except store.UnavailableError:  # counted and logged by the remote
+            return values
         found = []
         for i, value in zip(missing, fetched, strict=True):
             if value is not None:

@@ -4,6 +4,7 @@ Every `/v1/*` request lands here. The three LLM endpoints parse their JSON (so b
 400 before any upstream call) and then pass through two layers, outermost first:
 
     handler (chat_completions, completions, embeddings)
+      -> deferred mode           (deferred: a request that asks becomes a Batch API job item)
       -> response cache          (responses, embeddings: answer from the cache, or fetch and store)
         -> dispatcher            (dispatching: coalesce with concurrent callers, or send alone)
           -> client.Upstream     (endpoints, pool, retries)
@@ -22,6 +23,7 @@ from sluice.proxy.http import callers
 from sluice.proxy.http.asgi import Reply, Request
 from sluice.proxy.http.callers import Caller
 from sluice.proxy.llm import client, dispatching, embeddings, responses
+from sluice.proxy.llm.deferred import deferral, jobstore
 
 API_PREFIX = "/v1"
 
@@ -37,6 +39,7 @@ class LLMRoutes:
         config: LLMConfig,
         upstream: client.Upstream,
         backend: store.Cache | None = None,
+        jobs: jobstore.JobStore | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
@@ -44,6 +47,12 @@ class LLMRoutes:
         self.embeddings_cache = embeddings.EmbeddingCache(config.cache, backend)
         self.dispatcher = dispatching.Dispatcher(config.batching, self.forward)
         self.tenants = callers.Tenants(config.cache.tenant_header)
+        self.deferral = deferral.Deferral(
+            config,
+            upstream,
+            self.dispatcher,
+            jobs or jobstore.MemoryJobStore(config.deferred.result_ttl_seconds),
+        )
         # Bound once, not per request: each is a measurable part of a cache hit.
         self._fetch_chat = self.as_caller(self.dispatcher.chat)
         self._fetch_completions = self.as_caller(self.dispatcher.completions)
@@ -59,17 +68,25 @@ class LLMRoutes:
     async def chat_completions(self, request: Request) -> Reply:
         payload = request.json()
         tenant = self.tenants.of(request)
+        if ask := self.deferral.ask(request, payload):
+            return await self.deferral.answer(dispatching.CHAT, request, tenant, payload, ask)
         return await self.responses.answer("chat", request, tenant, payload, self._fetch_chat)
 
     async def completions(self, request: Request) -> Reply:
         payload = request.json()
         tenant = self.tenants.of(request)
+        if ask := self.deferral.ask(request, payload):
+            return await self.deferral.answer(
+                dispatching.COMPLETIONS, request, tenant, payload, ask
+            )
         fetch = self._fetch_completions
         return await self.responses.answer("completions", request, tenant, payload, fetch)
 
     async def embeddings(self, request: Request) -> Reply:
         payload = request.json()
         tenant = self.tenants.of(request)
+        if ask := self.deferral.ask(request, payload):
+            return await self.deferral.answer(dispatching.EMBEDDINGS, request, tenant, payload, ask)
         fetch = self._fetch_embeddings
         return await self.embeddings_cache.answer(request, tenant, payload, fetch)
 
@@ -80,6 +97,10 @@ class LLMRoutes:
             return await dispatch(request, self.caller(request), payload)
 
         return fetching
+
+    async def job(self, request: Request) -> Reply:
+        """`GET /v1/sluice/jobs/{id}`: a deferred request's job, for its own tenant only."""
+        return await self.deferral.job(request, self.tenants.of(request))
 
     # --- everything else ----------------------------------------------------------------------
 

@@ -1,0 +1,66 @@
+"""The memory job store and the claim rule that makes every answer single (`jobstore`), and
+the latency estimator's decisions (`estimator`)."""
+
+from __future__ import annotations
+
+from sluice.proxy.llm.deferred import estimator, jobstore, records
+
+GROUP = records.Group("chat_completions", "gpt-4o-mini", {"authorization": "Bearer k"}, "")
+
+
+def item(n: int, deadline: float = 1000.0) -> records.Item:
+    return records.Item(f"job_{n}", "tenant", GROUP.key, {"model": "m"}, deadline, float(n))
+
+
+async def test_waiting_items_are_taken_oldest_first_and_only_once() -> None:
+    store = jobstore.MemoryJobStore(60, clock=lambda: 0.0)
+    for n in (3, 1, 2):
+        await store.add(item(n), GROUP, waiting=True)
+    assert await store.waiting(GROUP.key) == (3, 1.0)
+    assert [i.id for i in await store.take(GROUP.key, 2)] == ["job_1", "job_2"]
+    assert [i.id for i in await store.take(GROUP.key, 2)] == ["job_3"]
+    assert await store.take(GROUP.key, 2) == []
+
+
+async def test_only_the_first_claim_answers_and_a_claimed_item_is_not_queued_again() -> None:
+    store = jobstore.MemoryJobStore(60, clock=lambda: 0.0)
+    await store.add(item(1), GROUP, waiting=True)
+    assert await store.claim("job_1")
+    assert not await store.claim("job_1")  # the batch result after the fallback: ignored
+    await store.requeue([item(1)])
+    assert await store.waiting(GROUP.key) == (0, None)
+    assert await store.still_open(["job_1"]) == []
+
+
+async def test_due_lists_open_items_by_deadline_and_results_expire() -> None:
+    now = [0.0]
+    store = jobstore.MemoryJobStore(10, clock=lambda: now[0])
+    await store.add(item(1, deadline=5), GROUP, waiting=True)
+    await store.add(item(2, deadline=50), GROUP, waiting=True)
+    assert await store.due(before=10) == ["job_1"]
+    await store.finish("job_1", records.Result(200, b"{}"))
+    assert await store.result("job_1") == records.Result(200, b"{}")
+    now[0] = 11
+    assert await store.result("job_1") is None
+
+
+def test_results_survive_packing() -> None:
+    result = records.Result(400, b'{"error":{}}', records.SYNC, "req_1")
+    assert records.Result.unpack(result.pack()) == result
+
+
+def test_groups_differ_by_payer_and_model() -> None:
+    other_payer = records.Group(GROUP.kind, GROUP.model, {"authorization": "Bearer j"}, "")
+    other_model = records.Group(GROUP.kind, "gpt-4o", GROUP.headers, "")
+    assert len({GROUP.key, other_payer.key, other_model.key}) == 3
+
+
+def test_the_estimator_learns_and_keeps_a_reserve_for_the_synchronous_call() -> None:
+    latency = estimator.LatencyEstimator(batch_seconds=3600, sync_seconds=10, margin_seconds=5)
+    assert latency.reserve == 15
+    assert not latency.fits(3000, flush_after=60)  # a batch is thought to take an hour
+    latency.batch.observe(100)
+    assert latency.batch.value == 100  # the first observation replaces the assumption
+    assert latency.fits(3000, flush_after=60)
+    latency.batch.observe(200)
+    assert latency.batch.value == 130
