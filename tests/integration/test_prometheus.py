@@ -49,7 +49,12 @@ EMBEDDING_CALLERS = 8
 MAX_CONNECTIONS = 7
 # What the dashboard's variables stand for in the test: every namespace and proxy ("All"), and a
 # rate window that holds the whole scenario, however slowly the tests after it run.
-VARIABLES = {"$namespace": ".*", "$service": ".*", "$__rate_interval": "10m"}
+VARIABLES = {
+    "$namespace": ".*",
+    "$service": ".*",
+    "$__rate_interval": "10m",
+    "$__range": "10m",
+}
 
 
 @dataclasses.dataclass
@@ -89,6 +94,15 @@ def proxy_config(simulator: str, alpha: ToolServer) -> dict[str, Any]:
             "batching": {"maxWaitMilliseconds": 50},
             # Few entries: the memory tier evicts; Redis behind it times its round trips.
             "cache": {"backend": "tiered", "maxEntries": 3, "redis": {"urlEnv": "REDIS_URL"}},
+            # Deferred jobs sent and polled at once; a whole batch is assumed to take 10 minutes,
+            # so a request with a nearer deadline falls back to a synchronous call.
+            "deferred": {
+                "flushAfterSeconds": 0.1,
+                "pollIntervalSeconds": 0.1,
+                "maxPollIntervalSeconds": 0.2,
+                "assumedBatchLatencySeconds": 600,
+                "prices": {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}},
+            },
         },
         "mcp": {
             "servers": [
@@ -122,7 +136,7 @@ def chat(client: openai.OpenAI, traffic: Traffic, text: str, **options: Any) -> 
         traffic.chat_hits += 1
         traffic.prompt_tokens_hit += usage.prompt_tokens
         traffic.completion_tokens_hit += usage.completion_tokens
-    else:
+    elif raw.headers.get("x-sluice-deferred") != "batch":  # a job's tokens are counted apart
         traffic.prompt_tokens_billed += usage.prompt_tokens
     return raw.status_code
 
@@ -164,6 +178,10 @@ def send_traffic(
         assert chat(client, traffic, "retried question", temperature=0.7) == 200
         simulator.sim.fail_next(500, endpoint="chat")  # not retried: a POST may have billed
         assert chat(client, traffic, "failing question", temperature=0.7) == 500
+        deferred = {"temperature": 0.5}
+        for deadline in ("2h", "90s"):  # through a Batch API job; a synchronous fallback
+            headers = {"x-sluice-deferred": deadline}
+            assert chat(client, traffic, f"deferred {deadline}", extra_headers=headers, **deferred)
         asyncio.run(embed_concurrently(proxy))
         traffic.embedding_calls = len(simulator.sim.calls_for("embeddings"))
         asyncio.run(use_tools(proxy, alpha))

@@ -136,7 +136,7 @@ class ProxyApp:
         try:
             reply = await self.answer(route, handler, scope, receive)
             status = reply.status
-            reply.headers = [*reply.headers, (tracing.REQUEST_ID, request_id)]
+            reply.headers = tracing.with_request_id(reply.headers, request_id)
             await send_reply(send, reply, receive)
         except Exception:
             log.exception("request to %s failed after its answer began", route)

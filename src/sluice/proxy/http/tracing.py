@@ -20,8 +20,8 @@ from sluice.proxy.http.asgi import Headers
 
 REQUEST_ID = b"x-request-id"
 UPSTREAM_REQUEST_ID = b"x-upstream-request-id"
-"""The upstream's own `x-request-id`, renamed on the way back so that the caller's stays unique
-(the openai SDK reads `x-request-id` into `_request_id`)."""
+"""The upstream's own `x-request-id`, renamed on the way back (`with_request_id`) so that the
+caller's stays unique (the openai SDK reads `x-request-id` into `_request_id`)."""
 PASSED = (REQUEST_ID, b"traceparent", b"tracestate")
 """What a request carries to every upstream, MCP servers included."""
 MAX_ID_BYTES = 200
@@ -61,3 +61,11 @@ def adopt(headers: Headers) -> bytes:
 def passed(headers: Headers) -> dict[str, str]:
     """The `PASSED` headers of a request, as an upstream call sends them."""
     return {key.decode(): value.decode("latin-1") for key, value in headers if key in PASSED}
+
+
+def with_request_id(headers: Headers, request_id: bytes) -> Headers:
+    """An answer's headers with the request's id; an id already there (the upstream's, passed on
+    by any route) is kept as `x-upstream-request-id`."""
+    kept = [(UPSTREAM_REQUEST_ID, v) if k == REQUEST_ID else (k, v) for k, v in headers]
+    kept.append((REQUEST_ID, request_id))
+    return kept

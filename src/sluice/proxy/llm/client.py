@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 
 from sluice.api import PoolSettings, UpstreamSettings
 from sluice.proxy import metrics
-from sluice.proxy.http import errors, tracing
+from sluice.proxy.http import errors
 from sluice.proxy.llm import usage
 from sluice.proxy.upstream import endpoints, sessions
 
@@ -62,15 +62,11 @@ class Call:
     def reply_headers(self) -> list[tuple[bytes, bytes]]:
         """The upstream's headers as the caller should see them."""
         # The raw bytes, as received: decoded values may not re-encode (aiohttp decodes UTF-8).
-        # The upstream's own request id is kept under another name: the caller's is the proxy's.
-        headers = []
-        for key, value in self.response.raw_headers:
-            name = key.lower()
-            if name == tracing.REQUEST_ID:
-                headers.append((tracing.UPSTREAM_REQUEST_ID, value))
-            elif name not in RESPONSE_DROPPED:
-                headers.append((name, value))
-        return headers
+        return [
+            (k.lower(), v)
+            for k, v in self.response.raw_headers
+            if k.lower() not in RESPONSE_DROPPED
+        ]
 
     async def read(self, silence_seconds: float) -> bytes:
         """The whole body; counts tokens from its `usage`."""
