@@ -9,7 +9,7 @@ is measured is the app's own work. Each variant runs in a fresh interpreter, bec
 
 * `no GC levers`: the app with CPython's defaults (`sluice proxy` tunes the GC once started,
   `server.tune_gc`; this in-process app does not);
-* `pooled replies`: `sluice.proxy.pool.ObjectPool` applied to the objects every whole reply
+* `pooled replies`: `bench.pool.ObjectPool` applied to the objects every whole reply
   makes (its header list and its two ASGI message dicts), swapped in for this run only;
 * `gc.freeze()`: everything alive after start-up moved to the permanent generation;
 * `thresholds`: `gc.set_threshold(10_000, 20, 20)` (CPython's default is 700, 10, 10);
@@ -35,10 +35,10 @@ from typing import Any
 
 import orjson
 
-from bench import common
+from bench import common, pool
 from sluice.api import ProxyConfig
 from sluice.proxy import app as proxy_app
-from sluice.proxy import pool, server
+from sluice.proxy import server
 from sluice.proxy.http import asgi
 
 VARIANTS = ("no GC levers", "pooled replies", "gc.freeze()", "thresholds", "both GC levers")

@@ -69,6 +69,7 @@ def test_invalid_config_exits_2_with_one_line(
     [
         pytest.param(["--scrape-interval", "0"], "--scrape-interval", id="interval-0"),
         pytest.param(["--scrape-interval", "nan"], "--scrape-interval", id="interval-nan"),
+        pytest.param(["--secret-interval", "-1"], "--secret-interval", id="secret-interval-neg"),
         pytest.param(["--namespace", "Team_A"], "--namespace", id="namespace"),
     ],
 )

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the proxies' /metrics are read into the policies' status (default 60)",
     )
     operator.add_argument(
+        "--secret-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often referenced Secrets are re-read, to roll the pods on rotation (default 30)",
+    )
+    operator.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     operator.set_defaults(run=run_operator)
@@ -133,8 +140,10 @@ def run_operator(args: argparse.Namespace) -> int:
     for namespace in args.namespaces:
         if not DNS_LABEL.fullmatch(namespace):
             raise api.ConfigError(f"--namespace {namespace!r}: not a namespace name")
-    if not args.scrape_interval > 0:  # also refuses NaN
-        raise api.ConfigError(f"--scrape-interval {args.scrape_interval}: must be above 0")
+    for flag, value in (("--scrape-interval", args.scrape_interval),
+                        ("--secret-interval", args.secret_interval)):  # fmt: skip
+        if not value > 0:  # also refuses NaN
+            raise api.ConfigError(f"{flag} {value}: must be above 0")
     chosen = options.Options(
         namespaces=tuple(args.namespaces),
         proxy_image=args.proxy_image or options.default_image(),
@@ -142,6 +151,7 @@ def run_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         log_level=args.log_level,
         scrape_interval_seconds=args.scrape_interval,
+        secret_interval_seconds=args.secret_interval,
     )
     runner.run(chosen)
     return 0

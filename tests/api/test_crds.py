@@ -19,7 +19,7 @@ REGENERATE = "sluice crds --write crds --write charts/sluice/files/crds"
 ALLOWED = {
     "type", "description", "properties", "required", "items", "additionalProperties",
     "default", "nullable", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "format", "anyOf",
+    "minLength", "maxLength", "pattern", "minItems", "maxItems", "maxProperties", "format", "anyOf",
     "x-kubernetes-int-or-string", "x-kubernetes-validations", "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
 }  # fmt: skip

@@ -31,13 +31,17 @@ def test_spec_models_extend_the_shared_settings_with_secret_references_only() ->
         (policies.UpstreamSpec, api.UpstreamSettings, {"api_key_secret_ref"}),
         (policies.RedisSpec, api.RedisSettings, {"url_secret_ref"}),
         (policies.CacheSpec, api.CacheSettings, {"redis"}),
-        (policies.LLMBatchPolicySpec, api.LLMSettings, {"upstream", "cache", "proxy", "metrics"}),
+        (
+            policies.LLMBatchPolicySpec,
+            api.LLMSettings,
+            {"upstream", "cache", "proxy", "metrics", "admin"},
+        ),
         (policies.ToolCacheSpec, api.ToolCacheSettings, {"redis"}),
         (policies.MCPServerSpec, api.MCPServerSettings, {"headers_secret_ref"}),
         (
             policies.ToolCachePolicySpec,
             api.MCPSettings,
-            {"servers", "cache", "proxy", "metrics"},
+            {"servers", "cache", "proxy", "metrics", "admin"},
         ),
     ]
     for spec, shared, added in pairs:
@@ -55,7 +59,34 @@ def test_spec_models_extend_the_shared_settings_with_secret_references_only() ->
             id="url-and-endpoints",
         ),
         pytest.param(
-            policies.UpstreamSpec, {"endpoints": ["ftp://b"]}, "http:// or https://", id="endpoint"
+            policies.ResourceRequirements,
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}},
+            "no request may exceed its limit",
+            id="request-over-limit",
+        ),
+        pytest.param(
+            policies.ResourceRequirements,
+            {"requests": {"memory": "2Gi"}, "limits": {"memory": "2G"}},
+            "no request may exceed its limit",
+            id="binary-over-decimal",
+        ),
+        pytest.param(
+            policies.ResourceRequirements,
+            {"limits": {"gpu": 1}},
+            "resource names are cpu, memory",
+            id="unknown-resource",
+        ),
+        pytest.param(
+            policies.AutoscalingSpec,
+            {"minReplicas": 5, "maxReplicas": 3},
+            "minReplicas must not exceed maxReplicas",
+            id="min-over-max",
+        ),
+        pytest.param(
+            policies.ProxySpec,
+            {"autoscaling": {}, "resources": {"requests": {"memory": "1Gi"}}},
+            "needs resources.requests.cpu",
+            id="autoscaling-without-cpu-request",
         ),
         pytest.param(
             policies.CacheSpec, {"backend": "redis"}, "need redis.urlSecretRef", id="redis-no-url"
@@ -107,6 +138,19 @@ def test_cross_field_rules_hold_in_pydantic_as_in_cel(
             id="keepalive-equal",
         ),
         pytest.param(
+            policies.ResourceRequirements,
+            {
+                "requests": {"cpu": "500m", "memory": "1G", "hugepages-2Mi": "0"},
+                "limits": {"cpu": 1, "memory": "1Gi"},
+            },
+            id="requests-within-limits",
+        ),
+        pytest.param(
+            policies.ResourceRequirements,
+            {"requests": {"memory": "1e3"}, "limits": {"memory": "1k"}},
+            id="exponent-equal",
+        ),
+        pytest.param(
             policies.LLMBatchPolicySpec,
             {
                 "deferred": {"store": "redis"},
@@ -132,6 +176,16 @@ def test_what_the_rules_allow(model: type[pydantic.BaseModel], data: dict[str, A
             id="quantity",
         ),
         pytest.param({"metrics": {"interval": "soon"}}, "metrics.interval", id="interval"),
+        pytest.param(
+            {"proxy": {"resources": {"requests": {"cpu": "-1"}}}},
+            "proxy.resources.requests.cpu",
+            id="negative-quantity",
+        ),
+        pytest.param({"upstream": {"url": "https://"}}, "upstream.url", id="url-without-host"),
+        pytest.param({"upstream": {"url": "https://a b/v1"}}, "upstream.url", id="url-space"),
+        pytest.param(
+            {"upstream": {"endpoints": ["ftp://b"]}}, "upstream.endpoints.0", id="endpoint-scheme"
+        ),
     ],
 )
 def test_out_of_range_fields_are_rejected_by_name(data: dict[str, Any], field: str) -> None:

@@ -8,6 +8,7 @@ log shows how requests were grouped (and that no call mixed two API keys).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import signal
 import time
@@ -318,3 +319,20 @@ async def test_identical_chats_of_two_tenants_behind_one_proxy_key_never_share_a
     await asyncio.gather(ask("sk-tenant-a"), ask("sk-tenant-b"), ask("sk-tenant-a"))
     # Tenant a's two requests share one call; tenant b's gets its own.
     assert len(simulator.calls_for("chat")) == 2
+
+
+async def test_a_caller_that_hangs_up_before_its_batch_is_sent_takes_its_input_out(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start(start_proxy, simulator, maxWaitMilliseconds=1000)
+    async with client(proxy) as staying, client(proxy) as leaving:
+        gone = asyncio.create_task(embed(leaving, "never billed"))
+        kept = asyncio.create_task(embed(staying, "billed"))
+        await asyncio.sleep(0.3)
+        gone.cancel()  # closes its connection: the proxy hears the hang-up
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        assert await kept == pytest.approx(embedding_vector(EMBEDDING_MODEL, "billed", DIMENSIONS))
+    inputs = [item for call in simulator.calls_for("embeddings") for item in call.inputs]
+    assert inputs == ["billed"]
+    assert await metric(proxy, "sluice_batch_queue_depth", endpoint="embeddings") == 0

@@ -8,6 +8,7 @@ doing; one partial-embedding-hit case runs with batching on as well. Redis is a 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -381,6 +382,118 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(
     assert len({text for _, text, _ in answers}) == 1
     saved = {"endpoint": "chat_completions", "reason": "shared"}
     assert proxy.metric("sluice_upstream_calls_saved_total", **saved) == 49
+    # One answer came from the call; the others were another request's flight, not the cache.
+    assert sorted(result for result, _, _ in answers).count("miss") == 1
+    assert {result for result, _, _ in answers} == {"miss", "shared"}
+
+
+async def test_a_streamed_error_is_handed_to_the_duplicates_waiting_on_its_flight(
+    simulator: Simulator, start_proxy: ProxyFactory
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy()
+    simulator.configure(latency_ms=300)
+    simulator.fail_next(429, retry_after="0")
+    simulator.fail_next(500)
+    async with client(proxy) as c:
+        for status in (429, 500):
+            outcomes = await asyncio.gather(
+                *[streamed_chat(c, f"fails with {status}") for _ in range(5)],
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, openai.APIStatusError) for o in outcomes), outcomes
+            assert {o.status_code for o in outcomes} == {status}  # type: ignore[union-attr]
+    assert len(simulator.calls_for("chat")) == 2  # one call each time, not one per duplicate
+
+
+async def test_a_no_cache_request_never_lands_another_requests_flight(
+    simulator: Simulator, start_proxy: ProxyFactory
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy(batching={"enabled": True})
+    simulator.configure(latency_ms=300)
+    async with client(proxy) as c:
+        answers = await asyncio.gather(
+            chat(c, "fresh please"),
+            chat(c, "fresh please", extra_headers={"Cache-Control": "no-cache"}),
+        )
+    assert len(simulator.calls_for("chat")) == 2
+    assert [result for result, _, _ in answers] == ["miss", "bypass"]
+
+
+async def test_a_follower_stops_waiting_on_a_slow_flight_and_makes_its_own_call(
+    simulator: Simulator, start_proxy: ProxyFactory
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy(followerWaitSeconds=0.2)
+    simulator.hang_next(3)
+    async with client(proxy) as c:
+        leader = asyncio.create_task(chat(c, "slow leader"))
+        await asyncio.sleep(0.1)
+        follower = await chat(c, "slow leader")
+        assert not leader.done()  # the follower was answered by a call of its own
+        assert follower[0] == "miss"
+        await leader
+    assert len(simulator.calls_for("chat")) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'"seed": 123456789012345678901234567890', id="integer-beyond-64-bits"),
+        pytest.param(b'"seed": 7, "top_p": 1e400', id="number-beyond-a-double"),
+    ],
+)
+def test_a_number_orjson_cannot_read_exactly_gets_the_upstreams_answer_uncached(
+    simulator: Simulator, start_proxy: ProxyFactory, body: bytes
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy()
+    payload = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], %s}'
+    sent = payload % body
+
+    def post(base: str) -> tuple[int, str | None]:
+        request = urllib.request.Request(
+            base + "/chat/completions",
+            data=sent,
+            headers={"content-type": "application/json", "authorization": "Bearer sk-alice"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.headers.get("x-sluice-cache")
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.headers.get("x-sluice-cache")
+
+    direct, _ = post(simulator.url)
+    assert post(proxy.url) == (direct, "bypass")
+    assert post(proxy.url) == (direct, "bypass")  # never stored: no exact key for it
+    assert len(simulator.calls_for("chat")) == 3
+
+
+async def test_the_headers_a_policy_names_keep_answers_apart(
+    simulator: Simulator, start_proxy: ProxyFactory
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy(varyHeaders=["X-Region"])
+    async with client(proxy) as c:
+        eu = await chat(c, "regional", extra_headers={"X-Region": "eu"})
+        us = await chat(c, "regional", extra_headers={"X-Region": "us"})
+        eu_again = await chat(c, "regional", extra_headers={"X-Region": "eu"})
+    assert [eu[0], us[0], eu_again[0]] == ["miss", "miss", "hit"]
+    assert len(simulator.calls_for("chat")) == 2
+
+
+async def test_cache_entries_are_counted_right_when_scraped(
+    simulator: Simulator, start_proxy: ProxyFactory
+) -> None:
+    setup = Setup("memory", start_proxy, simulator, None)
+    proxy = setup.proxy()
+    async with client(proxy) as c:
+        for n in range(3):
+            await chat(c, f"entry {n}")
+        # Scraped at once, not after the next expiry sweep.
+        assert proxy.metric("sluice_cache_entries", backend="memory") == 3
 
 
 # --- fail-open ----------------------------------------------------------------------------------
@@ -470,16 +583,11 @@ async def fill(proxy: ProxyProcess) -> None:
                 )
 
 
-@pytest.mark.parametrize("token", [None, "s3cret-admin-token"])
-async def test_admin_invalidation_deletes_by_scope(
-    setup: Setup, simulator: Simulator, token: str | None
-) -> None:
-    if token is None:
-        proxy = setup.proxy()
-    else:
-        proxy = setup.proxy(env={"ADMIN_TOKEN": token}, admin={"tokenEnv": "ADMIN_TOKEN"})
-        assert invalidate(proxy, {"scope": "all"})[0] == 401
-        assert invalidate(proxy, {"scope": "all"}, token="wrong")[0] == 401
+async def test_admin_invalidation_deletes_by_scope(setup: Setup, simulator: Simulator) -> None:
+    token = "s3cret-admin-token"
+    proxy = setup.proxy(env={"ADMIN_TOKEN": token}, admin={"tokenEnv": "ADMIN_TOKEN"})
+    assert invalidate(proxy, {"scope": "all"})[0] == 401
+    assert invalidate(proxy, {"scope": "all"}, token="wrong")[0] == 401
     await fill(proxy)
     assert invalidate(proxy, {"scope": "model", "model": "gpt-4o"}, token) == (200, {"deleted": 2})
     assert invalidate(proxy, {"scope": "tenant", "tenant": "sk-bob"}, token) == (
@@ -491,6 +599,23 @@ async def test_admin_invalidation_deletes_by_scope(
         assert (await chat(bob, "x"))[0] == "miss"
     assert invalidate(proxy, {"scope": "all"}, token) == (200, {"deleted": 2})
     assert invalidate(proxy, {"scope": "nonsense"}, token)[0] == 400
+
+
+async def test_without_a_token_the_admin_api_refuses_and_binds_loopback_only(
+    setup: Setup, simulator: Simulator
+) -> None:
+    proxy = setup.proxy()
+    await fill(proxy)
+    status, answer = invalidate(proxy, {"scope": "all"})
+    assert status == 403
+    assert answer["error"]["code"] == "admin_token_unset"
+    async with client(proxy, "sk-alice") as alice:
+        assert (await chat(alice, "x"))[0] == "hit"  # nothing was deleted
+    port = proxy.config["admin"]["port"]
+    # Bound to 127.0.0.1 only: 127.0.0.2 (loopback too) would reach a listener on every address.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=5).close()
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 async def test_no_store_embeddings_are_not_written(setup: Setup, simulator: Simulator) -> None:

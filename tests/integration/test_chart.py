@@ -108,8 +108,11 @@ def test_helm_lint_rejects_values_outside_the_schema(controlplane: cp.ControlPla
         pytest.param([], id="cluster-wide"),
         pytest.param(["--set=operator.namespaces={default}"], id="namespaced"),
         pytest.param(EVERYTHING, id="monitoring"),
+        pytest.param(["--set=networkPolicy.enabled=true",
+                      "--set=networkPolicy.namespaces={default}",
+                      "--set=networkPolicy.from={apps}"], id="network-policy"),
     ],
-)
+)  # fmt: skip
 def test_rendered_chart_is_accepted_by_the_api_server(
     monitoring_crds: cp.ControlPlane, system_namespace: str, values: list[str]
 ) -> None:
@@ -163,6 +166,15 @@ def exercise(plane: cp.ControlPlane, namespace: str) -> None:
         "a Warning event",
         lambda: op.events(plane, namespace, "blocked", "SecretNotFound"),
     )
+    autoscaled = {"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}
+    op.apply(plane, namespace, op.llm_policy("scaled", proxy=autoscaled))
+    op.wait_for("an HPA", lambda: op.get(plane, namespace, "horizontalpodautoscaler/scaled-llm"))
+    off = {"spec": {"proxy": {"autoscaling": None}}}
+    plane.kubectl("-n", namespace, "patch", "lbp/scaled", "--type=merge", "-p", json.dumps(off))
+    op.wait_for(
+        "the HPA deleted",
+        lambda: op.get(plane, namespace, "horizontalpodautoscaler/scaled-llm") is None,
+    )
     patch = {"spec": {"proxy": {"replicas": 1}, "metrics": {"serviceMonitor": False}}}
     plane.kubectl("-n", namespace, "patch", "lbp/openai", "--type=merge", "-p", json.dumps(patch))
     op.wait_for(
@@ -215,6 +227,11 @@ def test_the_operator_runs_with_exactly_the_charts_rbac(
                      id="no-crd-listing"),
         pytest.param(("patch", "llmbatchpolicies.sluice.dev", "--subresource=status"), True,
                      id="patch-status"),
+        pytest.param(("create", "secrets"), True, id="create-secrets"),
+        pytest.param(("update", "secrets"), False, id="no-update-secrets"),
+        pytest.param(("delete", "configmaps"), True, id="delete-configmaps"),
+        pytest.param(("create", "horizontalpodautoscalers.autoscaling"), True, id="create-hpa"),
+        pytest.param(("delete", "horizontalpodautoscalers.autoscaling"), True, id="delete-hpa"),
     ],
 )  # fmt: skip
 def test_the_charts_rbac_grants_no_more_than_the_operator_uses(
@@ -233,6 +250,50 @@ def test_namespaced_rbac_reaches_only_the_namespaces_named(
     apply_rbac(controlplane, system_namespace, "--set=operator.namespaces={default}")
     assert can_i(controlplane, "default", system_namespace, "patch", "deployments.apps")
     assert not can_i(controlplane, "kube-system", system_namespace, "patch", "deployments.apps")
+
+
+def test_the_network_policy_admits_only_the_service_port_from_the_namespaces_named(
+    controlplane: cp.ControlPlane, system_namespace: str
+) -> None:
+    proxies = f"apps-{uuid.uuid4().hex[:6]}"
+    controlplane.kubectl("create", "namespace", proxies)
+    values = [
+        "--set=networkPolicy.enabled=true",
+        f"--set=networkPolicy.namespaces={{{proxies}}}",
+        "--set=networkPolicy.from={frontend,batch}",
+        "--set=networkPolicy.metricsFrom={monitoring}",
+        "--show-only=templates/proxies-networkpolicy.yaml",
+    ]
+    manifest = template(controlplane, system_namespace, *values)
+    controlplane.kubectl("apply", "--server-side", "-f", "-", input=manifest)
+    try:
+        stored = op.get(controlplane, proxies, f"networkpolicy/{RELEASE}-proxies")
+    finally:
+        controlplane.kubectl("delete", "namespace", proxies, "--wait=false")
+    assert stored is not None
+    spec = stored["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "sluice-proxy"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    admitted = {
+        source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in spec["ingress"]
+        for source in rule["from"]
+    }
+    assert admitted == {"frontend", "batch", "monitoring"}
+    ports = [port for rule in spec["ingress"] for port in rule["ports"]]
+    assert ports == [{"port": "http", "protocol": "TCP"}] * 2  # never the admin port
+
+
+def test_a_network_policy_without_namespaces_is_refused_by_name(
+    controlplane: cp.ControlPlane,
+) -> None:
+    result = subprocess.run(
+        [str(controlplane.bin_dir / "helm"), "template", RELEASE, str(CHART),
+         "--set=networkPolicy.enabled=true"],
+        env=controlplane.env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "networkPolicy.namespaces" in result.stderr
 
 
 # The series a metric family exposes, by type; `_created` is turned off on both sides.

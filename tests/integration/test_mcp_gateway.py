@@ -285,10 +285,14 @@ async def test_admin_invalidation_drops_one_servers_lists(
     start_proxy: ProxyFactory, tool_servers: Servers
 ) -> None:
     a, b = tool_servers("alpha", "beta")
-    proxy = gateway(start_proxy, [a, b])
+    section = {"servers": [{"name": s.name, "url": s.url} for s in (a, b)]}
+    proxy = start_proxy(
+        {"mcp": section, "admin": {"port": free_port(), "tokenEnv": "ADMIN_TOKEN"}},
+        {"ADMIN_TOKEN": "s3cret"},
+    )
     await tool_names(proxy)
     admin = proxy.config["admin"]["port"]
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"authorization": "Bearer s3cret"}) as session:
         url = f"http://127.0.0.1:{admin}/admin/mcp/invalidate"
         async with session.post(url, json={"server": "alpha"}) as r:
             assert r.status == 200

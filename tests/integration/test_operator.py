@@ -11,6 +11,7 @@ addresses (their `status.podIP`), where it serves their pages itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.server
 import json
 import pathlib
@@ -105,10 +106,15 @@ def test_each_example_becomes_ready_with_its_proxy_objects(
         assert op.get(plane, namespace, f"service/{child}") is not None
         budget = op.get(plane, namespace, f"poddisruptionbudget/{child}")
         assert (budget is not None) == (policy["spec"]["proxy"]["replicas"] > 1)
-        config_map = op.get(plane, namespace, f"configmap/{child}")
+        config_map = op.config_map(plane, namespace, child)
         assert config_map is not None
+        assert config_map["immutable"] is True
         rendered = json.dumps([config_map, deployment])
         assert not any(value in rendered for value in secret_values(example))
+        admin = op.get(plane, namespace, f"secret/{child}-admin")  # the admin API's token
+        assert admin is not None
+        assert admin["metadata"]["ownerReferences"][0]["uid"] == policy["metadata"]["uid"]
+        assert op.container_env(plane, namespace, child)["SLUICE_ADMIN_TOKEN"]
 
 
 def test_a_spec_change_rolls_the_pods_onto_the_new_config(
@@ -126,7 +132,7 @@ def test_a_spec_change_rolls_the_pods_onto_the_new_config(
     assert policy["status"]["observedGeneration"] == 2
     after = checksum(op.get(plane, namespace, "deployment/openai-llm"))
     assert after not in (None, before)
-    config_map = op.get(plane, namespace, "configmap/openai-llm")
+    config_map = op.config_map(plane, namespace, "openai-llm")
     assert config_map is not None
     assert yaml.safe_load(config_map["data"]["proxy.yaml"])["llm"]["batching"]["maxBatchSize"] == 64
 
@@ -147,6 +153,16 @@ def test_a_spec_change_rolls_the_pods_onto_the_new_config(
             == "RolloutComplete"
         ),
     )
+    selector = resources.label_selector("LLMBatchPolicy", "openai")
+
+    def configs() -> list[str]:
+        found = plane.kubectl("-n", namespace, "get", "configmaps", "-l", selector, "-o", "name")
+        return found.stdout.split()
+
+    op.wait_for(
+        "the old config pruned",
+        lambda: configs() == [f"configmap/{config_map['metadata']['name']}"],
+    )
 
 
 def test_deleting_a_policy_garbage_collects_everything_it_made(
@@ -158,10 +174,17 @@ def test_deleting_a_policy_garbage_collects_everything_it_made(
 
     plane.kubectl("-n", namespace, "delete", "lbp/openai", "--timeout=30s")
 
-    kinds = ["deployment", "service", "configmap", "poddisruptionbudget"]
+    kinds = ["deployment", "service", "poddisruptionbudget", "secret"]
+    selector = resources.label_selector("LLMBatchPolicy", "openai")
     op.wait_for(
         "children collected",
-        lambda: all(op.get(plane, namespace, f"{k}/openai-llm") is None for k in kinds),
+        lambda: (
+            all(op.get(plane, namespace, f"{k}/openai-llm") is None for k in kinds[:3])
+            and op.get(plane, namespace, "secret/openai-llm-admin") is None
+            and not plane.kubectl(
+                "-n", namespace, "get", "configmaps", "-l", selector, "-o", "name"
+            ).stdout.strip()
+        ),
     )
 
 
@@ -171,14 +194,14 @@ def test_a_hand_edit_of_an_owned_object_is_reverted(
     plane = operator.plane
     op.apply(plane, namespace, op.EXAMPLES / "llm-policy.yaml")
     op.ready_policy(plane, namespace, "lbp", "openai")
-    config_before = op.get(plane, namespace, "configmap/openai-llm")
+    config_before = op.config_map(plane, namespace, "openai-llm")
     assert config_before is not None
 
     plane.kubectl("-n", namespace, "scale", "deployment/openai-llm", "--replicas=5")
     plane.kubectl(
         "-n", namespace, "set", "image", "deployment/openai-llm", "proxy=evil.invalid/x:1"
     )
-    plane.kubectl("-n", namespace, "delete", "configmap/openai-llm")
+    plane.kubectl("-n", namespace, "delete", f"configmap/{config_before['metadata']['name']}")
 
     def deployment_restored() -> bool:
         spec = (op.get(plane, namespace, "deployment/openai-llm") or {}).get("spec", {})
@@ -187,7 +210,8 @@ def test_a_hand_edit_of_an_owned_object_is_reverted(
 
     op.wait_for("Deployment restored", deployment_restored)
     restored = op.wait_for(
-        "ConfigMap recreated", lambda: op.get(plane, namespace, "configmap/openai-llm")
+        "ConfigMap recreated",
+        lambda: op.get(plane, namespace, f"configmap/{config_before['metadata']['name']}"),
     )
     assert restored["data"] == config_before["data"]
     op.ready_policy(plane, namespace, "lbp", "openai")
@@ -221,6 +245,40 @@ def test_a_hand_edit_of_an_owned_object_is_reverted(
         ),
         pytest.param(
             {"batching": {"maxBatchSizes": 3}}, "spec.batching.maxBatchSizes", id="unknown-field"
+        ),
+        pytest.param(
+            {"proxy": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}},
+            "spec.proxy.resources.requests: Invalid value",
+            id="request-over-limit",
+        ),
+        pytest.param(
+            {"proxy": {"resources": {"requests": {"memory": "-1Gi"}}}},
+            "spec.proxy.resources.requests.memory",
+            id="negative-quantity",
+        ),
+        pytest.param(
+            {"proxy": {"resources": {"limits": {"cpu": -2}}}},
+            "spec.proxy.resources.limits.cpu",
+            id="negative-integer",
+        ),
+        pytest.param(
+            {"proxy": {"resources": {"limits": {"gpu": 1}}}},
+            "spec.proxy.resources.limits: Invalid value",
+            id="unknown-resource",
+        ),
+        pytest.param({"upstream": {"url": "https://"}}, "spec.upstream.url", id="url-no-host"),
+        pytest.param(
+            {"upstream": {"url": "https://api openai.com/v1"}}, "spec.upstream.url", id="url-space"
+        ),
+        pytest.param(
+            {"upstream": {"endpoints": ["http://a/v1", "https:// b"]}},
+            "spec.upstream.endpoints[1]",
+            id="endpoint-space",
+        ),
+        pytest.param(
+            {"proxy": {"autoscaling": {"minReplicas": 4, "maxReplicas": 2}}},
+            "spec.proxy.autoscaling.minReplicas",
+            id="autoscaling-min-over-max",
         ),
     ],
 )
@@ -310,18 +368,11 @@ def test_the_config_map_the_operator_rendered_runs_a_real_proxy(
         batching={"maxWaitMilliseconds": 2},
     ))  # fmt: skip
     op.ready_policy(plane, namespace, "lbp", "local")
-    config_map = op.get(plane, namespace, "configmap/local-llm")
-    deployment = op.get(plane, namespace, "deployment/local-llm")
+    config_map = op.config_map(plane, namespace, "local-llm")
     assert config_map is not None
-    assert deployment is not None
 
     config = yaml.safe_load(config_map["data"][proxyconfig.CONFIG_FILE])
-    # What the kubelet would do: each env var from its Secret key.
-    env = {
-        e["name"]: "sk-from-the-secret"
-        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-        if e["valueFrom"]["secretKeyRef"] == {"name": "upstream", "key": "api-key"}
-    }
+    env = op.container_env(plane, namespace, "local-llm")
     config["admin"]["port"] = free_port()  # several proxies share this host, unlike pods
     proxy = start_proxy(config, env=env)
 
@@ -356,16 +407,15 @@ def test_a_tool_policys_config_map_runs_a_real_gateway_over_real_mcp_servers(
                 "metadata": {"name": "tools"}, "spec": {"servers": servers}}  # fmt: skip
     op.apply(plane, namespace, manifest)
     op.ready_policy(plane, namespace, "tcp", "tools")
-    config_map = op.get(plane, namespace, "configmap/tools-mcp")
+    config_map = op.config_map(plane, namespace, "tools-mcp")
     deployment = op.get(plane, namespace, "deployment/tools-mcp")
     assert config_map is not None
     assert deployment is not None
     config = yaml.safe_load(config_map["data"][proxyconfig.CONFIG_FILE])
-    # What the kubelet would do: every key of the Secret as a variable, behind its prefix.
     (source,) = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert source["secretRef"] == {"name": "normal-headers"}
     config["admin"]["port"] = free_port()
-    proxy = start_proxy(config, env={source["prefix"] + "X_Team": "tools"})
+    proxy = start_proxy(config, env=op.container_env(plane, namespace, "tools-mcp"))
 
     async def use() -> set[str]:
         async with mcp.Client(f"{proxy.base}/mcp") as client:
@@ -486,3 +536,220 @@ def test_a_tool_policys_status_shows_its_servers_and_tools_as_its_pods_metrics_s
         "NAME": "tools", "READY": "True", "ENDPOINT": status["endpoint"], "REPLICAS": "2",
         "HIT RATIO": "0.5", "SERVERS": "1/3", "TOOLS": "7",
     }  # fmt: skip
+
+
+def pods_of(plane: cp.ControlPlane, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+    selector = resources.label_selector(kind, name)
+    found = plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout
+    return [p for p in json.loads(found)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def patch(plane: cp.ControlPlane, namespace: str, resource: str, body: Any, kind: str) -> None:
+    plane.kubectl("-n", namespace, "patch", resource, f"--type={kind}", "-p", json.dumps(body))
+
+
+def test_a_spec_the_api_server_refuses_leaves_old_pods_serving_and_a_revert_converges(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.llm_policy("edge", proxy={"replicas": 1}))
+    op.ready_policy(plane, namespace, "lbp", "edge")
+    serving = op.config_map(plane, namespace, "edge-llm")
+    assert serving is not None
+
+    # Huge pages whose request is not their limit: the CRD lets it by, the Deployment's own
+    # validation refuses it (HTTP 422).
+    resources_ = {"requests": {"hugepages-2Mi": "2Mi"}, "limits": {"hugepages-2Mi": "4Mi"}}
+    refused = {"spec": {"proxy": {"resources": resources_}, "batching": {"maxBatchSize": 5}}}
+    patch(plane, namespace, "lbp/edge", refused, "merge")
+
+    def degraded() -> dict[str, Any] | None:
+        policy = op.get(plane, namespace, "lbp/edge")
+        found = op.condition(policy, "Degraded")
+        current = found.get("observedGeneration") == (policy or {})["metadata"]["generation"]
+        return policy if found.get("reason") == "SpecRejected" and current else None
+
+    policy = op.wait_for("Degraded=True, SpecRejected", degraded)
+    assert op.condition(policy, "Degraded")["status"] == "True"
+    assert op.condition(policy, "Ready")["status"] == "True"  # the old pod still serves
+    assert "applying the Deployment" in op.condition(policy, "Degraded")["message"]
+    # The pods keep the config they were rolled out with; nothing rewrote it.
+    assert op.config_map(plane, namespace, "edge-llm") == serving
+    pods = pods_of(plane, namespace, "LLMBatchPolicy", "edge")
+    assert {p["metadata"]["annotations"][resources.CHECKSUM_ANNOTATION] for p in pods} == {
+        checksum(op.get(plane, namespace, "deployment/edge-llm"))
+    }
+    # Retried (2 s, then 4 s) without a second Event.
+    op.wait_for("a retry", lambda: 'trigger="retry"' in operator.metrics())
+    assert len(op.events(plane, namespace, "edge", "SpecRejected")) == 1
+
+    patch(plane, namespace, "lbp/edge", [
+        {"op": "remove", "path": "/spec/proxy/resources"},
+        {"op": "remove", "path": "/spec/batching/maxBatchSize"},
+    ], "json")  # fmt: skip
+
+    policy = op.ready_policy(plane, namespace, "lbp", "edge")
+    assert policy["metadata"]["generation"] == 3
+    assert op.condition(policy, "Degraded")["status"] == "False"
+    assert op.config_map(plane, namespace, "edge-llm") == serving
+
+
+def test_an_object_of_a_childs_name_the_policy_does_not_own_is_left_alone(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    plane.kubectl("-n", namespace, "create", "service", "clusterip", "taken-llm", "--tcp=80:80")
+    before = op.get(plane, namespace, "service/taken-llm")
+    assert before is not None
+    op.apply(plane, namespace, op.llm_policy("taken"))
+
+    ready = op.wait_for(
+        "Ready=False, Conflict",
+        lambda: (
+            op.condition(op.get(plane, namespace, "lbp/taken"), "Ready").get("reason") == "Conflict"
+            and op.condition(op.get(plane, namespace, "lbp/taken"), "Ready")
+        ),
+    )
+    assert ready["status"] == "False"
+    assert f"Service {namespace}/taken-llm" in ready["message"]
+    (event,) = op.wait_for(
+        "a Conflict event", lambda: op.events(plane, namespace, "taken", "Conflict")
+    )
+    assert f"Service {namespace}/taken-llm" in event["message"]
+    after = op.get(plane, namespace, "service/taken-llm")
+    assert after is not None
+    assert after["metadata"].get("ownerReferences") is None
+    assert after["spec"]["ports"] == before["spec"]["ports"]
+    assert op.get(plane, namespace, "deployment/taken-llm") is None  # nothing half-made
+
+
+def test_rotating_a_referenced_secret_rolls_the_pods(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    plane.kubectl("-n", namespace, "create", "secret", "generic", "upstream",
+                  "--from-literal=api-key=sk-old", "--from-literal=unused=x")  # fmt: skip
+    key_ref = {"name": "upstream", "key": "api-key"}
+    op.apply(plane, namespace, op.llm_policy("rotated", upstream={"apiKeySecretRef": key_ref},
+                                             proxy={"replicas": 1}))  # fmt: skip
+    op.ready_policy(plane, namespace, "lbp", "rotated")
+
+    def secrets_sum() -> str:
+        deployment = op.get(plane, namespace, "deployment/rotated-llm") or {}
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations[resources.SECRETS_ANNOTATION])
+
+    first = secrets_sum()
+    new_key = base64.b64encode(b"sk-new").decode()
+    patch(plane, namespace, "secret/upstream", {"data": {"api-key": new_key}}, "merge")
+
+    op.wait_for("the pod template rolled", lambda: secrets_sum() != first)
+    second = secrets_sum()
+    op.wait_for(
+        "the pod on the new Secret",
+        lambda: (
+            {
+                p["metadata"]["annotations"][resources.SECRETS_ANNOTATION]
+                for p in pods_of(plane, namespace, "LLMBatchPolicy", "rotated")
+            }
+            == {second}
+        ),
+    )
+    assert op.container_env(plane, namespace, "rotated-llm")["SLUICE_UPSTREAM_API_KEY"] == "sk-new"
+
+
+def reconciles(operator: op.OperatorProcess, trigger: str) -> float:
+    """Reconciles of LLMBatchPolicies so far with this trigger, from the operator's /metrics."""
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("sluice_operator_reconciles_total{"):
+            labels, value = line.rsplit(" ", 1)
+            if 'kind="LLMBatchPolicy"' in labels and f'trigger="{trigger}"' in labels:
+                total += float(value)
+    return total
+
+
+def test_child_events_without_drift_cause_no_reconcile(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    before = reconciles(operator, "child")
+    op.apply(plane, namespace, op.llm_policy("quiet"))
+    op.ready_policy(plane, namespace, "lbp", "quiet")
+
+    # The Deployment's status moved many times on the way to Ready: none of it was drift.
+    assert reconciles(operator, "child") == before
+    plane.kubectl("-n", namespace, "scale", "deployment/quiet-llm", "--replicas=4")
+    op.wait_for(
+        "drift repaired",
+        lambda: (op.get(plane, namespace, "deployment/quiet-llm") or {})["spec"]["replicas"] == 2,
+    )
+    assert reconciles(operator, "child") > before
+
+
+def test_autoscaling_owns_an_hpa_and_leaves_the_deployments_replicas_to_it(
+    operator: op.OperatorProcess, namespace: str
+) -> None:
+    plane = operator.plane
+    op.apply(plane, namespace, op.llm_policy("scaled", proxy={"replicas": 1}))
+    op.ready_policy(plane, namespace, "lbp", "scaled")
+    autoscaling = {"minReplicas": 3, "maxReplicas": 5, "targetCpuUtilization": 60}
+    patch(
+        plane, namespace, "lbp/scaled", {"spec": {"proxy": {"autoscaling": autoscaling}}}, "merge"
+    )
+
+    hpa = op.wait_for(
+        "the HPA", lambda: op.get(plane, namespace, "horizontalpodautoscaler/scaled-llm")
+    )
+    policy = op.get(plane, namespace, "lbp/scaled")
+    assert policy is not None
+    (owner,) = hpa["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "LLMBatchPolicy", policy["metadata"]["uid"], True)  # fmt: skip
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 5)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "scaled-llm"
+
+    def replicas() -> int:
+        return int((op.get(plane, namespace, "deployment/scaled-llm") or {})["spec"]["replicas"])
+
+    # The autoscaler raises the Deployment to its minimum; the operator no longer sets it.
+    op.wait_for("the HPA's minimum", lambda: replicas() == 3)
+    budget = op.wait_for(
+        "a budget for minReplicas 3",
+        lambda: op.get(plane, namespace, "poddisruptionbudget/scaled-llm"),
+    )
+    assert budget["spec"]["maxUnavailable"] == 1
+    shown = plane.kubectl("-n", namespace, "get", "deployment/scaled-llm", "-o", "json",
+                          "--show-managed-fields").stdout  # fmt: skip
+    deployment = json.loads(shown)
+    managers = {
+        e["manager"]
+        for e in deployment["metadata"]["managedFields"]
+        if "f:replicas" in e.get("fieldsV1", {}).get("f:spec", {})
+    }
+    assert "sluice-operator" not in managers
+    # Another spec change is applied without fighting over replicas.
+    patch(plane, namespace, "lbp/scaled", {"spec": {"batching": {"maxBatchSize": 16}}}, "merge")
+    op.wait_for(
+        "generation 3 observed",
+        lambda: (op.get(plane, namespace, "lbp/scaled") or {}).get("status", {}).get(
+            "observedGeneration") == 3,
+    )  # fmt: skip
+    assert replicas() == 3
+
+    patch(
+        plane,
+        namespace,
+        "lbp/scaled",
+        {"spec": {"proxy": {"autoscaling": None, "replicas": 1}}},
+        "merge",
+    )
+    op.wait_for(
+        "the HPA deleted",
+        lambda: op.get(plane, namespace, "horizontalpodautoscaler/scaled-llm") is None,
+    )
+    op.wait_for("replicas back to the spec", lambda: replicas() == 1)
+    op.wait_for(
+        "no budget for one pod",
+        lambda: op.get(plane, namespace, "poddisruptionbudget/scaled-llm") is None,
+    )

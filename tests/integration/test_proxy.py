@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 import socket
 import struct
@@ -445,3 +446,273 @@ def test_a_post_is_not_retried_on_502_unless_the_policy_opts_in(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "retry me"}]
         )
     assert [call.status for call in simulator.calls_for("chat")] == [502, 502, 200]
+
+
+# --- slow and oversized requests ----------------------------------------------------------------
+
+
+GUARDED = {"headerTimeoutSeconds": 0.5, "bodyTimeoutSeconds": 0.5, "maxHeaderBytes": 4096}
+
+
+@pytest.fixture
+def guarded(start_proxy: ProxyFactory, simulator: Simulator) -> ProxyProcess:
+    config = llm_config({"url": simulator.url})
+    config["listen"] = GUARDED
+    return start_proxy(config)
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Everything until the proxy closes the connection (the socket's timeout bounds it)."""
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"", id="nothing-at-all"),
+        pytest.param(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", id="headers-never-end"),
+    ],
+)
+def test_a_request_whose_head_dawdles_is_answered_408_and_closed(
+    guarded: ProxyProcess, simulator: Simulator, sent: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        for byte in sent:  # slowloris: a byte at a time, well inside any per-read timeout
+            conn.sendall(bytes([byte]))
+            time.sleep(0.005)
+        answer = read_all(conn)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"code":"request_timeout"' in answer
+    assert simulator.calls == []
+
+
+def test_a_body_that_never_arrives_is_answered_408_and_nothing_is_sent_upstream(
+    guarded: ProxyProcess, simulator: Simulator
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"purpose": "'
+        )
+        answer = read_all(conn)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"body" in answer
+    assert simulator.calls == []
+
+
+def test_headers_beyond_the_bound_get_431_and_a_closed_connection(
+    guarded: ProxyProcess, simulator: Simulator
+) -> None:
+    big = b"X-Padding: " + b"a" * 8192 + b"\r\n"
+    for head in (big, big * 40):  # one read's worth, and a head that would never end
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+            with contextlib.suppress(ConnectionError):  # the proxy may close while we send
+                conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            answer = read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert simulator.calls == []
+    assert raw_get(guarded, "/v1/models").startswith(b"HTTP/1.1 200")
+
+
+def test_a_keep_alive_connection_serves_requests_that_arrive_in_time(
+    guarded: ProxyProcess, simulator: Simulator
+) -> None:
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        for _ in range(3):
+            conn.sendall(request)
+            answer = b""
+            while not answer.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's end
+                answer += conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)  # under the head timeout each time, over it in all
+    assert len(simulator.calls) == 3
+
+
+# --- HTTP/1.0 -----------------------------------------------------------------------------------
+
+
+def http10(proxy: ProxyProcess, head: str, body: bytes = b"") -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+        conn.sendall(head.encode() + body)
+        answer = read_all(conn)  # HTTP/1.0 without keep-alive: the proxy closes after it
+    head_bytes, _, rest = answer.partition(b"\r\n\r\n")
+    return head_bytes.lower(), rest
+
+
+def test_an_http_1_0_request_gets_an_answer_an_http_1_0_client_can_read(
+    proxy: ProxyProcess,
+) -> None:
+    head, body = http10(proxy, "GET /v1/models HTTP/1.0\r\nAuthorization: Bearer sk-x\r\n\r\n")
+    assert b"transfer-encoding" not in head  # chunked is HTTP/1.1's; a 1.0 client cannot read it
+    assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) == len(body)
+    assert orjson.loads(body)["data"]
+    chat = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a b c"}], "stream": True}
+    )
+    head, body = http10(
+        proxy,
+        "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(chat)}\r\n\r\n",
+        chat,
+    )
+    assert head.startswith(b"http/1.1 200")
+    assert b"transfer-encoding" not in head
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+# --- shutdown past its grace --------------------------------------------------------------------
+
+
+async def test_requests_still_in_flight_when_the_grace_runs_out_get_an_openai_shaped_503(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    config = llm_config({"url": simulator.url})
+    config["listen"] = {"shutdownGraceSeconds": 1}
+    proxy = start_proxy(config)
+    simulator.configure(latency_ms=20_000)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "too slow"}]}
+    async with aiohttp.ClientSession() as session:
+
+        async def ask() -> tuple[int, dict[str, Any]]:
+            async with session.post(proxy.url + "/chat/completions", json=body) as answer:
+                return answer.status, await answer.json()
+
+        in_flight = [asyncio.create_task(ask()) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        proxy.signal(signal.SIGTERM)
+        answers = await asyncio.gather(*in_flight)
+    for status, payload in answers:
+        assert status == 503
+        assert payload["error"]["code"] == "shutting_down"
+        assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert await asyncio.to_thread(proxy.wait, 15) in (0, -signal.SIGTERM)
+    assert all(call.hung_up_at is not None for call in simulator.calls)  # upstream calls closed
+    assert "Traceback" not in proxy.log()
+    assert "Internal Server Error" not in proxy.log()
+
+
+# --- a caller that hangs up ---------------------------------------------------------------------
+
+
+async def hang_up_after(proxy: ProxyProcess, body: dict[str, Any], seconds: float) -> float:
+    """Send `body` to chat completions and close the connection after `seconds`; when."""
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.create_task(session.post(proxy.url + "/chat/completions", json=body))
+        await asyncio.sleep(seconds)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        return time.time()
+
+
+async def wait_for_hang_up(simulator: Simulator, count: int = 1) -> list[float]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen = [c.hung_up_at for c in simulator.calls if c.hung_up_at is not None]
+        if len(seen) >= count:
+            return seen
+        await asyncio.sleep(0.02)
+    return []
+
+
+def pool_idle(proxy: ProxyProcess, kind: str = "chat_completions") -> bool:
+    """No upstream connection in use and no chat slot held, once the proxy has settled (a
+    stream's slot is let go just after its last byte went out)."""
+    deadline = time.monotonic() + 3
+    while True:
+        in_use = sum(
+            proxy.metric("sluice_pool_connections", client=str(i), pool="llm", state="in_use")
+            for i in range(2)
+        )
+        idle = in_use == 0 and proxy.metric("sluice_batches_in_flight", endpoint=kind) == 0
+        if idle or time.monotonic() > deadline:
+            return idle
+        time.sleep(0.05)
+
+
+async def test_a_long_call_whose_caller_hangs_up_is_closed_upstream_and_frees_its_slot(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy({"llm": {"upstream": {"url": simulator.url}, "cache": {"mode": "off"}}})
+    simulator.configure(latency_ms=10_000)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "long"}]}
+    left = await hang_up_after(proxy, body, 0.3)
+    hung_up = await wait_for_hang_up(simulator)
+    assert hung_up, "the upstream call went on after its caller left"
+    print(f"upstream closed {1000 * (hung_up[0] - left):.0f} ms after the caller left")
+    assert pool_idle(proxy)
+    assert proxy.metric("sluice_http_requests_total", route="chat_completions", method="POST",
+                        status="499") == 1  # fmt: skip
+
+
+async def test_a_shared_call_goes_on_for_those_who_stay_and_stops_when_the_last_leaves(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    proxy = start_proxy({"llm": {"upstream": {"url": simulator.url}}})
+    simulator.configure(latency_ms=1500)
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "shared"}],
+        "temperature": 0,
+    }
+    async with aiohttp.ClientSession() as session:
+        staying = asyncio.create_task(session.post(proxy.url + "/chat/completions", json=body))
+        await asyncio.sleep(0.2)
+        await hang_up_after(proxy, body, 0.2)
+        answer = await staying
+        assert answer.status == 200
+        assert answer.headers["x-sluice-cache"] in ("miss", "shared")
+        answer.release()
+    assert len(simulator.calls) == 1
+    assert simulator.calls[0].hung_up_at is None
+    simulator.configure(latency_ms=10_000)
+    body["messages"] = [{"role": "user", "content": "everyone leaves"}]
+    await asyncio.gather(hang_up_after(proxy, body, 0.3), hang_up_after(proxy, body, 0.4))
+    assert len(simulator.calls) == 2
+    assert await wait_for_hang_up(simulator)
+    assert pool_idle(proxy)
+
+
+# --- faults on every path release what they hold ------------------------------------------------
+
+
+FAULTS = [
+    pytest.param(lambda sim: sim.fail_next(500), id="500"),
+    pytest.param(lambda sim: sim.fail_next(429, retry_after="0"), id="429"),
+    pytest.param(lambda sim: sim.close_next(), id="closed"),
+    pytest.param(lambda sim: sim.close_next(reset=True), id="reset"),
+    pytest.param(lambda sim: sim.cut_stream_next(1), id="cut"),
+    pytest.param(lambda sim: sim.hang_next(5), id="silent"),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("cached", [False, True], ids=["alone", "cache-flight"])
+async def test_every_fault_releases_the_chat_slot_and_the_connection_and_logs_no_traceback(
+    start_proxy: ProxyFactory, simulator: Simulator, fault: Any, streamed: bool, cached: bool
+) -> None:
+    upstream = {"url": simulator.url, "timeoutSeconds": 0.5, "retry": {"maxAttempts": 1}}
+    cache = {"mode": "deterministic" if cached else "off"}
+    proxy = start_proxy({"llm": {"upstream": upstream, "cache": cache}})
+    fault(simulator)
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "a b c d"}],
+        "temperature": 0,  # cacheable, and shared by the cache's flight when the cache is on
+    }
+    async with async_client(proxy) as c:
+        with contextlib.suppress(openai.APIError):
+            answer = await c.chat.completions.create(**body, stream=streamed)  # type: ignore[call-overload]
+            if streamed:
+                async for _ in answer:
+                    pass
+        # The slot and the connection are back: the next call is answered as usual.
+        again = await c.chat.completions.create(**body)  # type: ignore[call-overload]
+    assert again.choices
+    assert pool_idle(proxy)
+    assert "Traceback" not in proxy.log()

@@ -73,7 +73,7 @@ def test_secret_names_lists_each_referenced_secret_once() -> None:
         upstream={"apiKeySecretRef": ref},
         cache={"backend": "redis", "redis": {"urlSecretRef": {"name": "shared", "key": "url"}}},
     )
-    assert proxyconfig.render(policy).secret_names == ["shared"]
+    assert proxyconfig.render(policy).secret_names == ["openai-llm-admin", "shared"]
 
 
 @pytest.mark.parametrize("make", [factories.llm, factories.tools], ids=["llm", "mcp"])

@@ -17,7 +17,7 @@ REDIS_REF = {"name": "redis-credentials", "key": "url"}
 
 
 def desired(policy: policies.Policy, monitors: bool = False) -> resources.Desired:
-    return resources.desired(policy, proxyconfig.render(policy), IMAGE, monitors)
+    return resources.desired(policy, proxyconfig.render(policy), IMAGE, monitors, "sum")
 
 
 def deployment(policy: policies.Policy) -> dict[str, Any]:
@@ -129,13 +129,107 @@ def test_api_key_and_redis_url_come_from_the_referenced_secret_keys() -> None:
     assert env == {
         proxyconfig.UPSTREAM_API_KEY_ENV: KEY_REF,
         proxyconfig.REDIS_URL_ENV: REDIS_REF,
+        proxyconfig.ADMIN_TOKEN_ENV: {"name": "openai-llm-admin", "key": "token"},
     }
 
 
-def test_a_policy_without_secrets_sets_no_env_at_all() -> None:
+def test_a_policy_without_secrets_gets_only_the_admin_token_from_its_own_secret() -> None:
     container = pod(factories.llm())["containers"][0]
-    assert "env" not in container
+    assert [e["name"] for e in container["env"]] == [proxyconfig.ADMIN_TOKEN_ENV]
     assert "envFrom" not in container
+    config = proxyconfig.render(factories.llm()).config
+    assert config.admin.token_env == proxyconfig.ADMIN_TOKEN_ENV
+
+
+def test_an_admin_token_secret_named_in_the_spec_is_used_instead_of_one_made() -> None:
+    ref = {"name": "team-admin", "key": "bearer"}
+    policy = factories.llm(admin={"tokenSecretRef": ref})
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod(policy)["containers"][0]["env"]}
+    assert env[proxyconfig.ADMIN_TOKEN_ENV] == ref
+    assert proxyconfig.admin_token(policy).name == "team-admin"
+
+
+def test_the_admin_secret_made_is_owned_and_holds_the_token_given() -> None:
+    secret = resources.admin_secret(factories.tools(), "t0ken")
+    assert secret["metadata"]["name"] == "tools-mcp-admin"
+    assert secret["stringData"] == {"token": "t0ken"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-tools"
+
+
+def test_the_config_map_is_named_by_its_content_immutable_and_mounted_by_that_name() -> None:
+    first, second = factories.llm(), factories.llm(batching={"maxBatchSize": 7})
+    names = []
+    for policy in (first, second):
+        built = desired(policy)
+        config_map, workload = built.find("ConfigMap"), built.find("Deployment")
+        assert config_map is not None
+        assert workload is not None
+        assert config_map["immutable"] is True
+        assert resources.mounted_config(workload) == config_map["metadata"]["name"]
+        names.append(config_map["metadata"]["name"])
+    assert names[0] != names[1]
+    assert names[0].startswith("openai-llm-")
+    assert names[0] == desired(factories.llm()).find("ConfigMap")["metadata"]["name"]  # type: ignore[index]
+
+
+def test_the_secrets_checksum_rolls_the_pods_and_counts_only_the_keys_used() -> None:
+    policy = factories.llm(upstream={"apiKeySecretRef": KEY_REF})
+    rendered = proxyconfig.render(policy)
+    admin = {"token": "YQ=="}
+    before = rendered.secrets_checksum(
+        {"openai-credentials": {"api-key": "b2xk"}, "openai-llm-admin": admin}
+    )
+    rotated = rendered.secrets_checksum(
+        {"openai-credentials": {"api-key": "bmV3"}, "openai-llm-admin": admin}
+    )
+    other_key = rendered.secrets_checksum(
+        {"openai-credentials": {"api-key": "b2xk", "unused": "eA=="}, "openai-llm-admin": admin}
+    )
+    missing = rendered.secrets_checksum({"openai-credentials": None, "openai-llm-admin": admin})
+    assert len({before, rotated, missing}) == 3
+    assert other_key == before
+    built = resources.desired(policy, rendered, IMAGE, False, rotated).find("Deployment")
+    assert built is not None
+    annotations = built["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[resources.SECRETS_ANNOTATION] == rotated
+
+
+def test_with_autoscaling_an_hpa_is_owned_and_the_deployment_leaves_replicas_to_it() -> None:
+    asked = {"minReplicas": 3, "maxReplicas": 9, "targetCpuUtilization": 60}
+    built = desired(factories.llm(proxy={"replicas": 1, "autoscaling": asked}))
+    hpa, workload = built.find("HorizontalPodAutoscaler"), built.find("Deployment")
+    assert hpa is not None
+    assert workload is not None
+    assert "replicas" not in workload["spec"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": "openai-llm"}  # fmt: skip
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 9)
+    target = hpa["spec"]["metrics"][0]["resource"]["target"]
+    assert target == {"type": "Utilization", "averageUtilization": 60}
+    assert built.find("PodDisruptionBudget") is not None  # minReplicas 3, though replicas is 1
+
+
+@pytest.mark.parametrize(
+    ("proxy", "hpa", "budget"),
+    [
+        pytest.param({"replicas": 3}, False, True, id="off"),
+        pytest.param({"replicas": 3, "autoscaling": {"minReplicas": 1}}, True, False, id="min-1"),
+    ],
+)
+def test_autoscaling_off_deletes_the_hpa_and_the_budget_follows_the_fewest_pods(
+    proxy: dict[str, Any], hpa: bool, budget: bool
+) -> None:
+    built = desired(factories.llm(proxy=proxy))
+    deleted = {ref.kind for ref in built.delete}
+    assert (
+        built.find("HorizontalPodAutoscaler") is not None,
+        "HorizontalPodAutoscaler" in deleted,
+    ) == (hpa, not hpa)
+    assert (built.find("PodDisruptionBudget") is not None) == budget
+    workload = built.find("Deployment")
+    assert workload is not None
+    assert ("replicas" in workload["spec"]) == (not hpa)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +367,8 @@ def test_resources_and_image_come_from_the_spec() -> None:
 def test_objects_are_named_per_kind_and_the_endpoint_is_the_service_url(
     policy: policies.Policy, name: str, url: str
 ) -> None:
-    assert {obj["metadata"]["name"] for obj in desired(policy, monitors=True).apply} == {name}
+    built = desired(policy, monitors=True).apply
+    assert {o["metadata"]["name"] for o in built if o["kind"] != "ConfigMap"} == {name}
     meta = policy.metadata
     assert resources.endpoint(policy.kind, meta.namespace, meta.name) == url
 

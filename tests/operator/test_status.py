@@ -144,9 +144,18 @@ def test_conditions_follow_the_deployment(
     assert judged(dep) == expected
 
 
-def test_a_problem_makes_the_policy_not_ready_and_degraded_whatever_the_deployment_says() -> None:
-    problem = status.Problem("SecretNotFound", "Secret team-a/openai not found")
+def test_a_problem_with_pods_of_an_earlier_spec_serving_is_degraded_but_still_ready() -> None:
+    problem = status.Problem("SpecRejected", "applying the Deployment: HTTP 422 Invalid")
     assert judged(deployment(), problem) == {
+        "Ready": ("True", "Available"),
+        "Progressing": ("False", "SpecRejected"),
+        "Degraded": ("True", "SpecRejected"),
+    }
+
+
+def test_a_problem_with_nothing_serving_makes_the_policy_not_ready() -> None:
+    problem = status.Problem("SecretNotFound", "Secret team-a/openai not found")
+    assert judged(None, problem) == {
         "Ready": ("False", "SecretNotFound"),
         "Progressing": ("False", "SecretNotFound"),
         "Degraded": ("True", "SecretNotFound"),
@@ -198,15 +207,6 @@ def test_changed_looks_only_at_the_fields_being_written() -> None:
     new = {"readyReplicas": 2, "endpoint": "e"}
     assert not status.changed({"readyReplicas": 2, "endpoint": "e", "hitRatio": 0.5}, new)
     assert status.changed({"readyReplicas": 1, "endpoint": "e"}, new)
-
-
-def test_a_problem_is_new_only_when_the_last_status_showed_another_reason() -> None:
-    problem = status.Problem("SecretNotFound", "m")
-    shown = {"conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound"}]}
-    assert status.newly_failing({}, problem)
-    assert not status.newly_failing(shown, problem)
-    assert status.newly_failing(shown, status.Problem("SecretKeyNotFound", "m"))
-    assert not status.newly_failing({}, None)
 
 
 @pytest.mark.parametrize(

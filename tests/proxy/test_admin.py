@@ -13,13 +13,14 @@ from sluice.proxy.cache import keyspace, memory
 from sluice.proxy.http import callers
 
 PREFIX = "sluice:"
+TOKEN = "s3cret"
 
 
 async def call(
     app: admin.AdminApp,
     body: Any,
     *,
-    token: str | None = None,
+    token: str | None = TOKEN,
     path: str = admin.INVALIDATE,
     method: str = "POST",
 ) -> tuple[int, dict[str, Any]]:
@@ -54,7 +55,7 @@ def filled(tenant_header: str | None = None) -> tuple[admin.AdminApp, memory.Mem
         for model in ("gpt-4o", "gpt-4o-mini"):
             key = keyspace.layout(PREFIX, "chat", tenant, model, "0" * 32)
             cache.store.put(key, b"v", 100, 0)
-    return admin.AdminApp(cache, config, token=None), cache
+    return admin.AdminApp(cache, config, token=TOKEN), cache
 
 
 @pytest.mark.parametrize(
@@ -98,10 +99,36 @@ async def test_a_body_naming_no_valid_scope_is_a_400(body: dict[str, Any]) -> No
 
 async def test_a_configured_token_is_required() -> None:
     app, _ = filled()
-    app.token = "s3cret"
-    assert (await call(app, {"scope": "all"}))[0] == 401
+    assert (await call(app, {"scope": "all"}, token=None))[0] == 401
     assert (await call(app, {"scope": "all"}, token="wrong"))[0] == 401
-    assert await call(app, {"scope": "all"}, token="s3cret") == (200, {"deleted": 6})
+    assert await call(app, {"scope": "all"}) == (200, {"deleted": 6})
+
+
+async def test_without_a_configured_token_every_call_is_refused() -> None:
+    app, cache = filled()
+    app.token = None
+    status, answer = await call(app, {"scope": "all"}, token=None)
+    assert status == 403
+    assert answer["error"]["code"] == "admin_token_unset"
+    assert (await call(app, {"scope": "all"}, token="anything"))[0] == 403
+    assert len(cache.store) == 6
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ", "bound"),
+    [
+        pytest.param(None, {}, "127.0.0.1", id="outside-kubernetes-loopback"),
+        pytest.param(None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "0.0.0.0", id="in-a-pod"),
+        pytest.param("0.0.0.0", {}, "0.0.0.0", id="told-otherwise"),
+        pytest.param(
+            "127.0.0.1", {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "127.0.0.1", id="pinned"
+        ),
+    ],
+)
+def test_the_admin_api_binds_loopback_outside_kubernetes_unless_told_otherwise(
+    configured: str | None, environ: dict[str, str], bound: str
+) -> None:
+    assert admin.host(Admin(host=configured), "0.0.0.0", environ) == bound
 
 
 async def test_other_paths_and_methods_are_refused() -> None:

@@ -8,6 +8,7 @@ the examples, a stand-in ServiceMonitor CRD, applying manifests and waiting for 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import pathlib
@@ -63,6 +64,8 @@ class OperatorProcess:
     metrics_port: int = dataclasses.field(default_factory=free_port)
     # Seconds between reads of the proxy pods' /metrics: short, so a test sees them in a status.
     scrape_interval: float = 1.0
+    # Seconds between re-reads of the referenced Secrets: short, so a rotation shows at once.
+    secret_interval: float = 1.0
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +79,7 @@ class OperatorProcess:
             f"--health-port={self.health_port}",
             f"--metrics-port={self.metrics_port}",
             f"--scrape-interval={self.scrape_interval}",
+            f"--secret-interval={self.secret_interval}",
             *(f"--namespace={namespace}" for namespace in self.namespaces),
         ]  # fmt: skip
         kubeconfig = self.kubeconfig or self.plane.kubeconfig
@@ -184,6 +188,35 @@ def events(plane: cp.ControlPlane, namespace: str, name: str, reason: str) -> li
     answer = plane.kubectl("-n", namespace, "get", "events", "-o", "json", selector)
     items: list[Any] = json.loads(answer.stdout)["items"]
     return items
+
+
+def config_map(plane: cp.ControlPlane, namespace: str, child: str) -> dict[str, Any] | None:
+    """The ConfigMap the Deployment `child` mounts (its name carries the config's hash)."""
+    deployment = get(plane, namespace, f"deployment/{child}") or {}
+    volumes = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])
+    name = next((v["configMap"]["name"] for v in volumes if v["name"] == "config"), None)
+    return None if name is None else get(plane, namespace, f"configmap/{name}")
+
+
+def container_env(plane: cp.ControlPlane, namespace: str, child: str) -> dict[str, str]:
+    """What the kubelet would put in the proxy container's environment: each `env` entry from
+    its Secret key, and each `envFrom` Secret's keys behind their prefix."""
+    deployment = get(plane, namespace, f"deployment/{child}")
+    assert deployment is not None
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+
+    def data(name: str) -> dict[str, str]:
+        secret = get(plane, namespace, f"secret/{name}")
+        assert secret is not None, name
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    env = {}
+    for entry in container.get("env", []):
+        ref = entry["valueFrom"]["secretKeyRef"]
+        env[entry["name"]] = data(ref["name"])[ref["key"]]
+    for source in container.get("envFrom", []):
+        env.update({source["prefix"] + k: v for k, v in data(source["secretRef"]["name"]).items()})
+    return env
 
 
 def llm_policy(name: str, **spec: Any) -> dict[str, Any]:

@@ -77,10 +77,14 @@ The rules of the operator's role: exactly what it reads, applies and deletes.
 - apiGroups: [sluice.dev]
   resources: [llmbatchpolicies/finalizers, toolcachepolicies/finalizers]
   verbs: [update]
-# The proxies' objects, by server-side apply (create + patch), watched for drift.
+# The proxies' objects, by server-side apply (create + patch), watched for drift. A config's
+# ConfigMaps are one per config hash: the older ones are deleted once a rollout is complete.
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [services]
   verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
@@ -91,10 +95,15 @@ The rules of the operator's role: exactly what it reads, applies and deletes.
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, create, patch, delete]
-# Referenced Secrets are read only to check that they and their keys exist.
+# spec.proxy.autoscaling: a HorizontalPodAutoscaler, deleted when autoscaling is turned off.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, create, patch, delete]
+# Referenced Secrets are read by name (never listed), to check them and to hash what the proxy
+# reads of them (so a rotation rolls the pods); the admin token's Secret is created once.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create]
 # Ready proxy pods are listed for their IPs, to read their metrics (hit ratio, MCP servers, tools).
 - apiGroups: [""]
   resources: [pods]

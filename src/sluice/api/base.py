@@ -13,6 +13,10 @@ DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 """An RFC 1123 label, as Kubernetes names namespaces and as Sluice names MCP servers (without
 anchors, so a pattern, a CEL rule or `re.fullmatch` can each use it)."""
 
+HTTP_URL = r"^https?://[^\s/?#@]+([/?#]\S*)?$"
+"""An absolute http(s) URL with a host and no whitespace: `https://` alone, a space or a
+user-info part (`user@host`, which would put a credential in a ConfigMap) are refused."""
+
 
 class Model(BaseModel):
     """A strict, immutable contract model: unknown keys are errors; camelCase on the wire."""

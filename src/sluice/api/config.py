@@ -41,7 +41,15 @@ class Listen(Model):
     max_body_bytes: int = Field(default=33554432, ge=1024, le=1073741824)
     """Largest request body accepted; larger ones get 413."""
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
-    """On SIGTERM, how long in-flight requests may take to finish before they are cut."""
+    """On SIGTERM, how long in-flight requests may take to finish; those still in flight then
+    get a 503 `shutting_down` (streams are cut), all within this time."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    """Time a connection has to send a request's line and headers, from when it opens or the
+    request's first byte; after it the connection is answered 408 and closed (slowloris)."""
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Time a request's body may take to arrive, once its headers have; then 408 and closed."""
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1048576)
+    """Largest request line and headers accepted; larger ones get 431 and the connection closed."""
 
 
 class UpstreamConfig(UpstreamSettings):
@@ -109,10 +117,14 @@ class MCPConfig(MCPSettings):
 class Admin(Model):
     """The admin API (cache invalidation), on its own port and behind a token."""
 
+    host: str | None = None
+    """Address the admin API binds. Unset: `listen.host` inside a Kubernetes pod (the
+    operator's NetworkPolicy guards it there), `127.0.0.1` anywhere else."""
     port: int = Field(default=8081, ge=1, le=65535)
     """Port of the admin API; never exposed by the Service the operator makes."""
     token_env: str | None = Field(default=None, pattern=ENV_NAME)
-    """Environment variable holding a bearer token the admin API requires."""
+    """Environment variable holding the bearer token every admin call needs. Unset: the admin
+    API refuses every call (403), since all of them delete cached data."""
 
 
 class ProxyConfig(Model):

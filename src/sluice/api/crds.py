@@ -75,11 +75,14 @@ def collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
         if len(options) == 1:
             return {**options[0], **node}
     if sorted(str(option.get("type")) for option in options) == ["integer", "string"]:
+        # The branches may carry no value checks of their own in a structural schema; on the
+        # node, `pattern` applies to the strings only and `minimum` to the integers only.
         string = next(option for option in options if option["type"] == "string")
+        integer = next(option for option in options if option["type"] == "integer")
         node["x-kubernetes-int-or-string"] = True
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-        if "pattern" in string:
-            node["pattern"] = string["pattern"]
+        node.update({k: string[k] for k in ("pattern", "maxLength") if k in string})
+        node.update({k: integer[k] for k in ("minimum",) if k in integer})
         return node
     raise ValueError(f"no structural form for anyOf {types}")
 

@@ -7,11 +7,11 @@ defined once here and both sides subclass it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from sluice.api.base import Model
+from sluice.api.base import HTTP_URL, Model
 from sluice.api.store import StoreSettings
 
 
@@ -44,9 +44,11 @@ class HealthSettings(Model):
 class UpstreamSettings(Model):
     """Where the OpenAI-compatible API is and how long to wait for it."""
 
-    url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://")
+    url: str = Field(default="https://api.openai.com/v1", pattern=HTTP_URL, max_length=2048)
     """Base URL of the API, including its version prefix (for example `/v1`)."""
-    endpoints: list[str] = Field(default_factory=list, max_length=32)
+    endpoints: list[Annotated[str, Field(pattern=HTTP_URL, max_length=2048)]] = Field(
+        default_factory=list, max_length=32
+    )
     """Several equivalent base URLs, used round-robin with passive health; replaces `url`."""
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     """Time allowed for the upstream's whole answer (between streamed chunks, when streaming)."""
@@ -195,6 +197,16 @@ def deferred_store(deferred: DeferredSettings, cache: CacheSettings) -> Literal[
 class LLMSettings(Model):
     """Everything about one upstream except the parts that name secrets (upstream, cache)."""
 
+    vary_headers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]] = (
+        Field(default_factory=list, max_length=32)
+    )
+    """Request headers that change the upstream's answer or who it bills, besides the built-in
+    ones (`OpenAI-Beta`, `OpenAI-Organization`, `OpenAI-Project`, `anthropic-version`,
+    `anthropic-beta`): requests that differ in one never share a cache entry, an upstream call
+    in flight or a merged call."""
+    follower_wait_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long a request waits on an identical request's upstream call in flight before it
+    makes its own."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     """Request batching."""
     deferred: DeferredSettings = Field(default_factory=DeferredSettings)

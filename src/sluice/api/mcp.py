@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from sluice.api.base import DNS_LABEL, Model
+from sluice.api.base import DNS_LABEL, HTTP_URL, Model
 from sluice.api.store import StoreSettings
 
 
@@ -20,7 +20,7 @@ class MCPServerSettings(Model):
 
     name: str = Field(pattern=f"^{DNS_LABEL}$", max_length=63)
     """Short name, used to qualify its tools as `<name>.<tool>`."""
-    url: str = Field(pattern=r"^https?://", max_length=2048)
+    url: str = Field(pattern=HTTP_URL, max_length=2048)
     """Its Streamable HTTP endpoint."""
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     """Time allowed for one request to this server (a page of a list, a tool call); a server

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
 
+from sluice.api import quantities
 from sluice.api.base import Model, SecretKeyRef
 from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, UpstreamSettings
 from sluice.api.mcp import MCPServerSettings, MCPSettings, ToolCacheSettings, check_unique_servers
@@ -29,15 +30,12 @@ GROUP = "sluice.dev"
 VERSION = "v1alpha1"
 API_VERSION: Literal["sluice.dev/v1alpha1"] = "sluice.dev/v1alpha1"
 
-# Kubernetes' own quantity grammar (as in the core types' OpenAPI), so `cpu: 1` and `250m` pass.
-QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-Quantity = int | Annotated[str, Field(pattern=QUANTITY)]
+Quantity = (
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=quantities.PATTERN, max_length=64)]
+)
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -67,20 +65,12 @@ URL_OR_ENDPOINTS = cel(
     "set either url or endpoints, not both: endpoints replaces url",
     ".endpoints",
 )
-ENDPOINTS_ARE_HTTP = cel(
-    # startsWith, not matches(): the items have no maxLength, and a regex over an unbounded
-    # string exceeds the API server's cost budget for rules.
-    "!has(self.endpoints)"
-    " || self.endpoints.all(e, e.startsWith('http://') || e.startsWith('https://'))",
-    "every endpoint must be an http:// or https:// URL",
-    ".endpoints",
-)
 
 
 class UpstreamSpec(UpstreamSettings):
     """Where the OpenAI-compatible API is, how long to wait for it, and its API key."""
 
-    model_config = ConfigDict(json_schema_extra=validations(URL_OR_ENDPOINTS, ENDPOINTS_ARE_HTTP))
+    model_config = ConfigDict(json_schema_extra=validations(URL_OR_ENDPOINTS))
 
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the upstream API key, injected by the proxy; when unset, callers'
@@ -90,8 +80,6 @@ class UpstreamSpec(UpstreamSettings):
     def _url_or_endpoints(self) -> UpstreamSpec:
         if self.endpoints and self.url != DEFAULT_URL:
             raise ValueError(URL_OR_ENDPOINTS["message"])
-        if not all(e.startswith(("http://", "https://")) for e in self.endpoints):
-            raise ValueError(ENDPOINTS_ARE_HTTP["message"])
         return self
 
 
@@ -148,26 +136,121 @@ def check_pool(pool: PoolSettings) -> None:
 # --- How the proxy runs -------------------------------------------------------------------
 
 
+KNOWN_MESSAGE = "resource names are cpu, memory, ephemeral-storage or hugepages-<size>"
+
+
+def known_resources(field: str) -> dict[str, str]:
+    """The CEL rule that every key of `requests` or `limits` is a resource a Pod accepts."""
+    names = json.dumps(list(quantities.RESOURCE_NAMES))
+    rule = f"self.{field}.all(k, k in {names} || k.startsWith('{quantities.HUGEPAGES_PREFIX}'))"
+    return cel(f"!has(self.{field}) || {rule}", KNOWN_MESSAGE, f".{field}")
+
+
+REQUESTS_WITHIN_LIMITS = cel(
+    # string(): a quantity is int-or-string, and quantity() takes only strings.
+    "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+    " || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+    "no request may exceed its limit (a Pod with requests above limits is refused)",
+    ".requests",
+)
+
+
 class ResourceRequirements(Model):
     """CPU and memory for each proxy container, as in a Pod spec."""
 
-    requests: dict[str, Quantity] = Field(default={"cpu": "100m", "memory": "256Mi"})
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            known_resources("requests"), known_resources("limits"), REQUESTS_WITHIN_LIMITS
+        )
+    )
+
+    requests: dict[str, Quantity] = Field(default={"cpu": "100m", "memory": "256Mi"}, max_length=8)
     """Resources the scheduler reserves, for example `cpu: 250m`."""
-    limits: dict[str, Quantity] = Field(default={"memory": "1Gi"})
+    limits: dict[str, Quantity] = Field(default={"memory": "1Gi"}, max_length=8)
     """Upper bounds. Keep memory above `cache.maxBytes`; a CPU limit throttles latency."""
+
+    @model_validator(mode="after")
+    def _pod_would_accept(self) -> ResourceRequirements:
+        if not all(quantities.known(name) for name in (*self.requests, *self.limits)):
+            raise ValueError(KNOWN_MESSAGE)
+        for name, request in self.requests.items():
+            if name in self.limits and quantities.value(request) > quantities.value(
+                self.limits[name]
+            ):
+                raise ValueError(REQUESTS_WITHIN_LIMITS["message"])
+        return self
+
+
+MIN_WITHIN_MAX = cel(
+    "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    "minReplicas must not exceed maxReplicas",
+    ".minReplicas",
+)
+
+
+class AutoscalingSpec(Model):
+    """A HorizontalPodAutoscaler for the proxy Deployment, scaling on CPU."""
+
+    model_config = ConfigDict(json_schema_extra=validations(MIN_WITHIN_MAX))
+
+    min_replicas: int = Field(default=2, ge=1, le=100)
+    """Fewest proxy pods; with more than one, a PodDisruptionBudget keeps all but one up."""
+    max_replicas: int = Field(default=10, ge=1, le=100)
+    """Most proxy pods."""
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    """Average CPU use, in percent of the pods' CPU request, the autoscaler aims for."""
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_WITHIN_MAX["message"])
+        return self
+
+
+AUTOSCALING_NEEDS_CPU_REQUEST = cel(
+    "!has(self.autoscaling) || (has(self.resources) && has(self.resources.requests)"
+    " && 'cpu' in self.resources.requests)",
+    "autoscaling on CPU needs resources.requests.cpu",
+    ".autoscaling",
+)
 
 
 class ProxySpec(Model):
     """How the proxy Deployment runs."""
 
+    model_config = ConfigDict(json_schema_extra=validations(AUTOSCALING_NEEDS_CPU_REQUEST))
+
     replicas: int = Field(default=2, ge=0, le=100)
-    """Proxy pods; with more than one, a PodDisruptionBudget keeps all but one up."""
+    """Proxy pods, unless `autoscaling` is set; with more than one, a PodDisruptionBudget keeps
+    all but one up."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the proxy pods on CPU between two bounds instead of running `replicas`; the
+    operator then owns a HorizontalPodAutoscaler and leaves the Deployment's replicas to it."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     """CPU and memory of each proxy container."""
     image: str | None = Field(default=None, min_length=1, max_length=512)
     """Proxy image; defaults to the operator's own image, which carries both entry points."""
     shutdown_grace_seconds: int = Field(default=25, ge=0, le=3600)
     """On shutdown, how long in-flight requests may take; the pod's grace period follows it."""
+
+    @model_validator(mode="after")
+    def _autoscaling_needs_cpu_request(self) -> ProxySpec:
+        if self.autoscaling is not None and "cpu" not in self.resources.requests:
+            raise ValueError(AUTOSCALING_NEEDS_CPU_REQUEST["message"])
+        return self
+
+    @property
+    def fewest_replicas(self) -> int:
+        """The pods there are at the least: what the PodDisruptionBudget is judged by."""
+        return self.replicas if self.autoscaling is None else self.autoscaling.min_replicas
+
+
+class AdminSpec(Model):
+    """The proxy's admin API (cache invalidation, on a port the Service never exposes)."""
+
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the bearer token the admin API requires; when unset, the operator
+    makes a Secret `<policy>-<llm|mcp>-admin` with a random token (key `token`) and owns it."""
 
 
 class MetricsSpec(Model):
@@ -208,6 +291,8 @@ class LLMBatchPolicySpec(LLMSettings):
     """How the proxy runs."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     """How the proxy's metrics are scraped."""
+    admin: AdminSpec = Field(default_factory=AdminSpec)
+    """The proxy's admin API."""
 
     @model_validator(mode="after")
     def _pool_limits(self) -> LLMBatchPolicySpec:
@@ -257,6 +342,8 @@ class ToolCachePolicySpec(MCPSettings):
     """How the proxy runs."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     """How the proxy's metrics are scraped."""
+    admin: AdminSpec = Field(default_factory=AdminSpec)
+    """The proxy's admin API."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ToolCachePolicySpec:
@@ -396,6 +483,14 @@ class Kind:
     """The `cache` labels of the proxy's `sluice_cache_requests_total` its hit ratio counts."""
     columns: tuple[dict[str, str], ...] = ()
     """`kubectl get` columns of its own, shown after the hit ratio."""
+
+    def child_name(self, policy_name: str) -> str:
+        """The name shared by every object of a policy: `<policy>-llm` or `<policy>-mcp`.
+
+        A suffix per kind, so an LLMBatchPolicy and a ToolCachePolicy of one name never fight
+        over one Deployment. The CRD limits policy names to 59 characters for it.
+        """
+        return f"{policy_name}-{self.suffix}"
 
 
 KINDS: dict[str, Kind] = {

@@ -1,8 +1,15 @@
 """kopf handlers: thin glue from cluster events to `reconcile`, and the operator's lifecycle.
 
-* A policy created, changed, or found at start-up: reconcile it.
-* An owned Deployment, ConfigMap, Service or PodDisruptionBudget changed (status or someone's
-  edit): reconcile its policy, which re-applies what drifted and refreshes the status.
+* A policy event (created, changed, listed at start-up): reconcile it when its spec is one
+  not reconciled yet; a deleted policy is forgotten. Plain event handlers rather than kopf's
+  create/update handlers: those diff against the last spec kopf handled, so a revert to it
+  after a failed change looked like no change and never ran (and they write progress
+  annotations); `reconcile` keeps its own memory and retries (`tracking`).
+* An owned Deployment, ConfigMap, Service or PodDisruptionBudget changed: reconcile its policy
+  only if the object drifted from what was applied; the Deployment's status moving only
+  refreshes the policy's status.
+* Every `--secret-interval` seconds: re-read the referenced Secrets, and reconcile the policies
+  whose Secrets changed, so a rotated key rolls the pods.
 * Every minute (`--scrape-interval`), in one background loop: read each policy's proxies' own
   metrics into its status: hit ratio, and for a ToolCachePolicy its servers up and tools
   (`podmetrics`; kopf indexes list the policies, since a kopf timer would add a finalizer).
@@ -25,7 +32,7 @@ import aiohttp
 import kopf
 
 from sluice.api import policies
-from sluice.operator import kube, metrics, options, podmetrics, reconcile, resources, status
+from sluice.operator import kube, metrics, options, podmetrics, reconcile, resources
 
 GROUP, VERSION = policies.GROUP, policies.VERSION
 LLM, MCP = (policies.KINDS[kind].plural for kind in ("LLMBatchPolicy", "ToolCachePolicy"))
@@ -58,7 +65,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, *
     server, _thread = metrics.serve(chosen.metrics_port)
     memo.runtime = Runtime(
         client=client,
-        reconciler=reconcile.Reconciler(client, chosen.proxy_image),
+        reconciler=reconcile.Reconciler(client, chosen.proxy_image, warn=warn),
         scraper=aiohttp.ClientSession(timeout=timeout),
         metrics_server=server,
     )
@@ -96,6 +103,8 @@ async def start_pod_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
         state.client, state.scraper, known, chosen.scrape_interval_seconds
     )
     state.tasks.append(asyncio.create_task(loop, name="pod metrics"))
+    secrets = state.reconciler.recheck_secrets_forever(chosen.secret_interval_seconds)
+    state.tasks.append(asyncio.create_task(secrets, name="secret rotation"))
 
 
 @kopf.on.cleanup(registry=registry)
@@ -111,36 +120,24 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.client.close()
 
 
-@kopf.on.resume(GROUP, VERSION, LLM, registry=registry)
-@kopf.on.create(GROUP, VERSION, LLM, registry=registry)
-@kopf.on.update(GROUP, VERSION, LLM, registry=registry)
-@kopf.on.resume(GROUP, VERSION, MCP, registry=registry)
-@kopf.on.create(GROUP, VERSION, MCP, registry=registry)
-@kopf.on.update(GROUP, VERSION, MCP, registry=registry)
-async def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Reconcile; a problem is retried (a Secret may appear) unless retrying cannot help."""
-    outcome = await runtime(memo).reconciler.reconcile(body, trigger="policy")
-    report(body, outcome)
-    if (problem := outcome.problem) is None:
-        return
-    if problem.retry:
-        raise kopf.TemporaryError(problem.message, delay=options.RETRY_DELAY_SECONDS)
-    raise kopf.PermanentError(problem.message)
+@kopf.on.event(GROUP, VERSION, LLM, registry=registry)
+@kopf.on.event(GROUP, VERSION, MCP, registry=registry)
+async def policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile a spec not reconciled yet; forget a policy that is gone."""
+    reconciler = runtime(memo).reconciler
+    if type == "DELETED":
+        reconciler.forget(body)
+    else:
+        await reconciler.observe(body)
 
 
-async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Reconcile the owner, so a status change shows and an edit by someone else is undone."""
-    if (owner := resources.owner_of(body)) is None:
-        return
-    kind, name = owner
-    state = runtime(memo)
-    url_path = kube.path(policies.API_VERSION, kind, body["metadata"]["namespace"], name)
-    if (policy := await state.client.get(url_path)) is not None:
-        report(policy, await state.reconciler.reconcile(policy, trigger="child"))
+async def child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile the owner if the object drifted, so an edit by someone else is undone."""
+    await runtime(memo).reconciler.child_changed(body, deleted=type == "DELETED")
 
 
 for child in options.CHILDREN:  # the API server filters them too: options.MANAGED_SELECTOR
-    kopf.on.event(*child, labels=resources.MANAGED_BY, registry=registry)(child_changed)
+    kopf.on.event(*child, labels=resources.MANAGED_BY, registry=registry)(child_event)
 
 
 @kopf.index(GROUP, VERSION, LLM, registry=registry)
@@ -153,9 +150,7 @@ def tool_policies(body: kopf.Body, **_: Any) -> dict[podmetrics.Key, podmetrics.
     return podmetrics.index_entry(body)
 
 
-def report(body: Mapping[str, Any], outcome: reconcile.Outcome) -> None:
-    """One Warning Event per new problem, on the policy (not one per retry)."""
-    problem: status.Problem | None = outcome.problem
-    if problem is not None and outcome.newly_failing:
-        # kopf reads only apiVersion, kind and metadata: a plain object from the API will do.
-        kopf.warn(cast(kopf.Body, body), reason=problem.reason, message=problem.message)
+def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
+    """A Warning Event on the policy (`reconcile` posts one per distinct problem)."""
+    # kopf reads only apiVersion, kind and metadata: a plain object from the API will do.
+    kopf.warn(cast(kopf.Body, body), reason=reason, message=message)

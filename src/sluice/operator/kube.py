@@ -28,6 +28,7 @@ TIMEOUT_SECONDS = 30.0
 PLURALS = {
     "ConfigMap": "configmaps",
     "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
     "Secret": "secrets",
@@ -161,17 +162,29 @@ class Client:
             raise
         return result
 
-    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply under our field manager, forcing ownership of the fields we set.
+    async def apply(self, obj: Mapping[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply under a field manager, forcing ownership of the fields it sets.
 
         Forcing is what reverts someone else's edit to a field we manage: without it their
         change would be a conflict we could only report.
         """
-        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        params = {"fieldManager": manager, "force": "true"}
         result: dict[str, Any] = await self.request(
             "PATCH", path_of(obj), obj, content_type="application/apply-patch+yaml", params=params
         )
         return result
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create the object unless one of its name exists; whether it was created."""
+        meta = obj["metadata"]
+        collection = path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        try:
+            await self.request("POST", collection, obj, params={"fieldManager": FIELD_MANAGER})
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
 
     async def delete(self, url_path: str, uid: str) -> None:
         """Delete the object if it is still the one with `uid`; gone already is fine."""

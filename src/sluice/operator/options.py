@@ -16,7 +16,7 @@ from sluice.api import policies
 from sluice.operator import resources
 
 DEFAULT_IMAGE = "ghcr.io/sluice-dev/sluice"
-# A missing Secret is re-checked this often until it appears.
+# Unexpected errors in kopf's own handlers (start-up) are retried this often.
 RETRY_DELAY_SECONDS = 15.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
 CRD_WAIT_SECONDS = 60.0
@@ -48,6 +48,8 @@ class Options:
     log_level: str = "info"
     # How often the proxy pods' /metrics are read into the policies' status (`podmetrics`).
     scrape_interval_seconds: float = 60.0
+    # How often the referenced Secrets are re-read, so a rotated one rolls the pods.
+    secret_interval_seconds: float = 30.0
 
     @property
     def liveness_endpoint(self) -> str:
@@ -65,12 +67,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # Unexpected errors (the API server briefly away) are retried as soon as a missing Secret.
     settings.execution.default_backoff = RETRY_DELAY_SECONDS
-    # Handler progress and the last-handled spec go to annotations under our own prefix, not
-    # to `status.kopf`: the status schema is structural, so the API server would prune kopf's
-    # fields and kopf would rerun handlers forever. Annotations exist only while a handler
-    # retries (progress) and hold one small spec (diff base).
+    # The policies have event handlers only, which keep no progress or diff base; should a
+    # handler that does ever come back, its state goes to annotations under our own prefix,
+    # not to `status.kopf`: the status schema is structural, so the API server would prune
+    # kopf's fields and kopf would rerun handlers forever.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=policies.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=policies.GROUP, key="last-handled-configuration"

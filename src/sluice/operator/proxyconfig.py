@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from sluice import api
 from sluice.api import policies
+from sluice.api.base import SecretKeyRef
 
 CONFIG_DIR = "/etc/sluice"
 CONFIG_FILE = "proxy.yaml"
@@ -24,6 +27,10 @@ ADMIN_PORT = 8081
 
 UPSTREAM_API_KEY_ENV = "SLUICE_UPSTREAM_API_KEY"
 REDIS_URL_ENV = "SLUICE_REDIS_URL"
+ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
+ADMIN_SECRET_SUFFIX, ADMIN_TOKEN_KEY = "admin", "token"
+# What the operator keeps out of the proxy config's sections: how it runs, not what it does.
+OPERATOR_ONLY = {"proxy", "metrics", "admin"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,25 +75,58 @@ class Rendered:
         names = [e.secret for e in self.env] + [e.secret for e in self.env_from]
         return sorted(set(names))
 
+    def secrets_checksum(self, secrets: Mapping[str, Mapping[str, str] | None]) -> str:
+        """SHA-256 over what the proxy reads of each Secret (by name: its `data`, or None when
+        it is missing): a pod-template annotation, so pods roll when a Secret is rotated.
+
+        Only the keys the proxy uses count (every key of a Secret taken whole), so rotating a
+        Secret's other keys rolls nothing. The values enter only the digest.
+        """
+        used: dict[str, Any] = {}
+        for name in self.secret_names:
+            data = secrets.get(name)
+            whole = any(e.secret == name for e in self.env_from)
+            keys = (
+                sorted(data or ())
+                if whole
+                else sorted({e.key for e in self.env if e.secret == name})
+            )
+            used[name] = None if data is None else {key: data.get(key) for key in keys}
+        return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
+
+
+def admin_token(policy: policies.Policy) -> SecretKeyRef:
+    """The Secret key of the admin API's token: the spec's, or the one the operator makes."""
+    if (ref := policy.spec.admin.token_secret_ref) is not None:
+        return ref
+    child = policies.KINDS[policy.kind].child_name(policy.metadata.name)
+    return SecretKeyRef(name=f"{child}-{ADMIN_SECRET_SUFFIX}", key=ADMIN_TOKEN_KEY)
+
 
 def render(policy: policies.Policy) -> Rendered:
-    """The proxy config and secret environment of either kind of policy."""
+    """The proxy config and secret environment of either kind of policy.
+
+    Raises `sluice.api.ConfigError` for a spec the proxy would refuse.
+    """
+    token = admin_token(policy)
     listen = {"host": "0.0.0.0", "port": PORT}
     listen["shutdownGraceSeconds"] = policy.spec.proxy.shutdown_grace_seconds
-    admin = {"port": ADMIN_PORT}
+    admin = {"port": ADMIN_PORT, "tokenEnv": ADMIN_TOKEN_ENV}
+    admin_env = SecretEnv(ADMIN_TOKEN_ENV, token.name, token.key)
     if isinstance(policy, policies.LLMBatchPolicy):
         llm, env = llm_section(policy.spec)
         config = {"listen": listen, "llm": llm, "admin": admin}
-        return Rendered(api.config.parse(config, source=f"{policy.kind}.spec"), env=env)
+        parsed = api.config.parse(config, source=f"{policy.kind}.spec")
+        return Rendered(parsed, env=(*env, admin_env))
     mcp, env, env_from = mcp_section(policy.spec)
     config = {"listen": listen, "mcp": mcp, "admin": admin}
     parsed = api.config.parse(config, source=f"{policy.kind}.spec")
-    return Rendered(parsed, env=env, env_from=env_from)
+    return Rendered(parsed, env=(*env, admin_env), env_from=env_from)
 
 
 def llm_section(spec: policies.LLMBatchPolicySpec) -> tuple[dict[str, Any], tuple[SecretEnv, ...]]:
     """The `llm` section: the spec less proxy/metrics, Secret references as env var names."""
-    section = spec.model_dump(by_alias=True, exclude={"proxy", "metrics"})
+    section = spec.model_dump(by_alias=True, exclude=OPERATOR_ONLY)
     upstream, cache = section["upstream"], section["cache"]
     env: list[SecretEnv] = []
     if (key_ref := upstream.pop("apiKeySecretRef")) is not None:
@@ -109,7 +149,7 @@ def mcp_section(
 ) -> tuple[dict[str, Any], tuple[SecretEnv, ...], tuple[SecretEnvFrom, ...]]:
     """The `mcp` section: each server's header Secret becomes an env var prefix, the cache's
     Redis URL Secret an env var."""
-    section = spec.model_dump(by_alias=True, exclude={"proxy", "metrics"})
+    section = spec.model_dump(by_alias=True, exclude=OPERATOR_ONLY)
     env = redis_env(section["cache"])
     env_from: list[SecretEnvFrom] = []
     for index, server in enumerate(section["servers"]):

@@ -1,10 +1,17 @@
 """Pure builders: a policy in, the objects its proxy is made of out, as plain dicts.
 
-ConfigMap (the rendered config), Deployment, Service, PodDisruptionBudget (replicas > 1) and
-ServiceMonitor (asked for, and its CRD served). Every object carries the policy as its
-controlling owner, so the garbage collector removes them with it and no finalizer is needed.
-No kopf and no I/O: `reconcile` applies what `desired()` returns; tests/operator tests it as
-tables. `proxyconfig` renders the config these objects mount.
+ConfigMap (the rendered config), Deployment, Service, PodDisruptionBudget (more than one pod
+at the least), HorizontalPodAutoscaler (`proxy.autoscaling`) and ServiceMonitor (asked for,
+and its CRD served); and the admin token's Secret, made once (`admin_secret`). Every object
+carries the policy as its controlling owner, so the garbage collector removes them with it and
+no finalizer is needed. No kopf and no I/O: `reconcile` applies what `desired()` returns;
+tests/operator tests it as tables. `proxyconfig` renders the config these objects mount.
+
+The ConfigMap is content-addressed: named after the config's hash, immutable, and referenced
+by the pod template. A change the API server refuses at the Deployment therefore never reaches
+the running pods through their mounted file (they keep reading the config they were rolled
+out with), and a revert to any earlier spec is just another apply. `reconcile` prunes the
+policy's other ConfigMaps once a rollout is complete.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ Obj = dict[str, Any]
 
 MANAGER = "sluice-operator"
 CHECKSUM_ANNOTATION = "sluice.dev/config-checksum"
+SECRETS_ANNOTATION = "sluice.dev/secrets-checksum"
+# Of the config's hash in the ConfigMap's name: 40 bits, so a collision needs ~10^6 configs.
+CONFIG_HASH_CHARACTERS = 10
 POLICY_LABEL = "sluice.dev/policy"
 MANAGED_BY = {"app.kubernetes.io/managed-by": MANAGER}
 # The image's user (Dockerfile); stated here too, so runAsNonRoot can be checked by the kubelet.
@@ -53,12 +63,8 @@ class Desired:
 
 
 def child_name(kind: str, policy_name: str) -> str:
-    """The name shared by every object of a policy: `<policy>-llm` or `<policy>-mcp`.
-
-    A suffix per kind, so an LLMBatchPolicy and a ToolCachePolicy of one name never fight
-    over one Deployment. The CRD limits policy names to 59 characters for it.
-    """
-    return f"{policy_name}-{policies.KINDS[kind].suffix}"
+    """The name shared by every object of a policy (`policies.Kind.child_name`)."""
+    return policies.KINDS[kind].child_name(policy_name)
 
 
 def name_of(policy: policies.Policy) -> str:
@@ -130,13 +136,39 @@ def metadata(policy: policies.Policy) -> Obj:
     }
 
 
+def config_map_name(policy: policies.Policy, rendered: proxyconfig.Rendered) -> str:
+    """`<policy>-<llm|mcp>-<config hash>`: one ConfigMap per config, never rewritten."""
+    return f"{name_of(policy)}-{rendered.checksum[:CONFIG_HASH_CHARACTERS]}"
+
+
 def config_map(policy: policies.Policy, rendered: proxyconfig.Rendered) -> Obj:
     """The proxy's config file. Secrets appear in it only as environment variable names."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(policy),
+        "metadata": {**metadata(policy), "name": config_map_name(policy, rendered)},
+        "immutable": True,
         "data": {proxyconfig.CONFIG_FILE: rendered.text},
+    }
+
+
+def mounted_config(deployment: Mapping[str, Any]) -> str | None:
+    """The name of the ConfigMap a Deployment's pods mount as their config."""
+    volumes = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])
+    config: Mapping[str, Any] = next((v for v in volumes if v.get("name") == "config"), {})
+    name: str | None = config.get("configMap", {}).get("name")
+    return name
+
+
+def admin_secret(policy: policies.Policy, token: str) -> Obj:
+    """The Secret of the admin API's token, when the spec names none; created once, kept."""
+    ref = proxyconfig.admin_token(policy)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {**metadata(policy), "name": ref.name},
+        "type": "Opaque",
+        "stringData": {ref.key: token},
     }
 
 
@@ -204,7 +236,7 @@ def pod_spec(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str
     return {
         "containers": [container(policy, rendered, image)],
         "volumes": [
-            {"name": "config", "configMap": {"name": name_of(policy)}},
+            {"name": "config", "configMap": {"name": config_map_name(policy, rendered)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
         "securityContext": {
@@ -220,14 +252,18 @@ def pod_spec(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str
     }
 
 
-def deployment(policy: policies.Policy, rendered: proxyconfig.Rendered, image: str) -> Obj:
-    """The proxy Deployment; the config checksum on the pod template rolls pods on change."""
+def deployment(
+    policy: policies.Policy, rendered: proxyconfig.Rendered, image: str, secrets_checksum: str
+) -> Obj:
+    """The proxy Deployment; the config and Secrets checksums on the pod template roll the pods
+    when either changes. With autoscaling, `replicas` is left to the autoscaler."""
+    replicas = {} if policy.spec.proxy.autoscaling else {"replicas": policy.spec.proxy.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(policy),
         "spec": {
-            "replicas": policy.spec.proxy.replicas,
+            **replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector(policy)},
             # Surge first: a new pod is ready before an old one goes, even with one replica.
@@ -240,6 +276,7 @@ def deployment(policy: policies.Policy, rendered: proxyconfig.Rendered, image: s
                     "labels": labels(policy),
                     "annotations": {
                         CHECKSUM_ANNOTATION: rendered.checksum,
+                        SECRETS_ANNOTATION: secrets_checksum,
                         "kubectl.kubernetes.io/default-container": "proxy",
                     },
                 },
@@ -280,6 +317,27 @@ def pod_disruption_budget(policy: policies.Policy) -> Obj:
     }
 
 
+def autoscaler(policy: policies.Policy) -> Obj:
+    """The HorizontalPodAutoscaler (autoscaling/v2) of the proxy Deployment, on CPU."""
+    asked = policy.spec.proxy.autoscaling or policies.AutoscalingSpec()
+    target = {"type": "Utilization", "averageUtilization": asked.target_cpu_utilization}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(policy),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": name_of(policy),
+            },
+            "minReplicas": asked.min_replicas,
+            "maxReplicas": asked.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": target}}],
+        },
+    }
+
+
 def service_monitor(policy: policies.Policy) -> Obj:
     """The Prometheus Operator's scrape config for the proxy's `/metrics`."""
     endpoint_ = {"port": "http", "path": "/metrics", "interval": policy.spec.metrics.interval}
@@ -302,13 +360,23 @@ def desired(
     rendered: proxyconfig.Rendered,
     image: str,
     service_monitors_served: bool,
+    secrets_checksum: str,
 ) -> Desired:
-    """Everything the policy is made of. The ConfigMap goes first, so new pods mount it."""
+    """Everything the policy is made of. The ConfigMap goes first, so new pods mount it, then
+    the Deployment: when the API server refuses it, nothing else has changed."""
+    proxy = policy.spec.proxy
     # Optional objects: (whether wanted, the object). Unwanted ones are deleted if they exist.
-    optional = [(policy.spec.proxy.replicas > 1, pod_disruption_budget(policy))]
+    optional = [
+        (proxy.fewest_replicas > 1, pod_disruption_budget(policy)),
+        (proxy.autoscaling is not None, autoscaler(policy)),
+    ]
     if service_monitors_served:
         optional.append((policy.spec.metrics.service_monitor, service_monitor(policy)))
-    always = [config_map(policy, rendered), deployment(policy, rendered, image), service(policy)]
+    always = [
+        config_map(policy, rendered),
+        deployment(policy, rendered, image, secrets_checksum),
+        service(policy),
+    ]
     return Desired(
         apply=(*always, *(obj for wanted, obj in optional if wanted)),
         delete=tuple(ref(obj) for wanted, obj in optional if not wanted),

@@ -81,10 +81,17 @@ Judgement = tuple[Literal["True", "False", "Unknown"], str, str]
 
 
 def judge(problem: Problem | None, state: Rollout | None) -> dict[str, Judgement]:
-    """(status, reason, message) of each condition."""
+    """(status, reason, message) of each condition.
+
+    A problem with the latest spec leaves `Ready` to the pods of the last good one: while they
+    serve, the endpoint works, and `Degraded` says why the spec is not rolled out.
+    """
     if problem is not None:
         blocked: Judgement = ("False", problem.reason, problem.message)
-        return {READY: blocked, PROGRESSING: blocked, DEGRADED: ("True", *blocked[1:])}
+        why: Judgement = ("True", problem.reason, problem.message)
+        if state is None:
+            return {READY: blocked, PROGRESSING: blocked, DEGRADED: why}
+        return {READY: serving(state), PROGRESSING: blocked, DEGRADED: why}
     if state is None:
         creating: Judgement = ("False", "Creating", "the proxy Deployment is being created")
         return {
@@ -93,11 +100,6 @@ def judge(problem: Problem | None, state: Rollout | None) -> dict[str, Judgement
             DEGRADED: ("False", "AsExpected", ""),
         }
     pods = f"{state.ready}/{state.wanted} proxy pods ready"
-    ready: Judgement = (
-        ("True", "Available", pods)
-        if state.available_condition
-        else ("False", "MinimumReplicasUnavailable", pods)
-    )
     progressing: Judgement = (
         ("False", "RolloutComplete", pods)
         if state.complete
@@ -112,7 +114,15 @@ def judge(problem: Problem | None, state: Rollout | None) -> dict[str, Judgement
         if state.failure
         else ("False", "AsExpected", "")
     )
-    return {READY: ready, PROGRESSING: progressing, DEGRADED: degraded}
+    return {READY: serving(state), PROGRESSING: progressing, DEGRADED: degraded}
+
+
+def serving(state: Rollout) -> Judgement:
+    """`Ready` from the Deployment's Available condition."""
+    pods = f"{state.ready}/{state.wanted} proxy pods ready"
+    if state.available_condition:
+        return ("True", "Available", pods)
+    return ("False", "MinimumReplicasUnavailable", pods)
 
 
 def conditions(
@@ -187,12 +197,3 @@ def deferred_store(spec: Any) -> str | None:
 def changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether writing `new` would change the stored status (fields it leaves out are kept)."""
     return any(current.get(key) != value for key, value in new.items())
-
-
-def newly_failing(previous: Mapping[str, Any], problem: Problem | None) -> bool:
-    """Whether the problem is new since the last status: worth one Event, not one per retry."""
-    if problem is None:
-        return False
-    conditions_ = previous.get("conditions", [])
-    ready: Mapping[str, Any] = next((c for c in conditions_ if c.get("type") == READY), {})
-    return bool(ready.get("reason") != problem.reason)

@@ -4,8 +4,15 @@ A second, tiny ASGI app served by a second uvicorn server on the proxy's event l
 stopped by `app.ProxyApp`'s lifespan. A separate port rather than a token-guarded path on the
 API port: the operator's Service exposes only the API port, so the admin API is unreachable from
 outside the pod's network unless someone asks for it, and a leaked or unset token alone does
-not open it. When `admin.tokenEnv` names a variable, every call needs `Authorization: Bearer`
-with its value.
+not open it. Closed by default besides:
+
+* It binds `admin.host`; unset, that is `127.0.0.1` outside Kubernetes (a laptop, a VM: nothing
+  but the machine itself reaches it) and `listen.host` in a pod (`KUBERNETES_SERVICE_HOST` is
+  set), where kubelet probes, port-forwards and the operator's NetworkPolicy decide who comes in.
+* Every call needs `Authorization: Bearer` with the value of the variable `admin.tokenEnv`
+  names. Without a token configured every call is refused (403): each one deletes cached data,
+  and a proxy that generated a token and logged it would put a credential into log pipelines,
+  which are read by more people than the Secret the operator keeps it in.
 
     POST /admin/cache/invalidate  {"scope": "all" | "model" | "tenant", "model": ..., "tenant": ...}
     -> 200 {"deleted": N}
@@ -94,7 +101,11 @@ class AdminApp:
 
     def authorize(self, request: Request) -> None:
         if self.token is None:
-            return
+            raise errors.ProxyError(
+                403,
+                "The admin API is closed: no token is configured (admin.tokenEnv).",
+                code="admin_token_unset",
+            )
         expected = b"Bearer " + self.token.encode()
         if not hmac.compare_digest(request.header(b"authorization") or b"", expected):
             raise errors.ProxyError(
@@ -204,6 +215,13 @@ class AdminService:
     def __repr__(self) -> str:
         state = "serving" if self.server is not None else "stopped"
         return f"<AdminService {self.host}:{self.port} {state}>"
+
+
+def host(config: Admin, listen_host: str, environ: Mapping[str, str]) -> str:
+    """Where the admin API binds: `admin.host`, else loopback unless in a Kubernetes pod."""
+    if config.host is not None:
+        return config.host
+    return listen_host if environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
 
 
 def token(config: Admin, environ: Mapping[str, str]) -> str | None:

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Reply]]
 Accounts = tuple[metrics.CounterChild, metrics.HistogramChild]
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-HANGUP_CANCELS = frozenset({"mcp"})
-"""Routes whose work stops when the caller hangs up: for a 2026-07-28 MCP caller that is how a
-request is cancelled. (The LLM routes' flights and batches are shared, and go on for others.)"""
 
 
 class State(enum.Enum):
@@ -73,6 +71,8 @@ class ProxyApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
+        self._requests: set[asyncio.Task[Any]] = set()
+        self.cutting = False
         self.upstream: client.Upstream | None = None
         self._accounts: dict[tuple[str, str, int], Accounts] = {}
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -117,7 +117,8 @@ class ProxyApp:
         token = admin.token(config.admin, environ)
         cache_config = config.llm.cache if config.llm else CacheConfig()
         admin_app = admin.AdminApp(self.cache, cache_config, token, self.gateway)
-        self.admin = admin.AdminService(admin_app, config.listen.host, config.admin.port)
+        admin_host = admin.host(config.admin, config.listen.host, environ)
+        self.admin = admin.AdminService(admin_app, admin_host, config.admin.port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -131,16 +132,30 @@ class ProxyApp:
         route, handler = self.resolve(method, scope["path"])
         request_id = tracing.adopt(scope["headers"])
         self.in_flight += 1
-        status = 500
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests.add(task)
+        status, replying = 500, False
         reply: Reply | None = None
         try:
             reply = await self.answer(route, handler, scope, receive)
-            status = reply.status
+            status, replying = reply.status, True
             reply.headers = tracing.with_request_id(reply.headers, request_id)
-            await send_reply(send, reply, receive)
+            await send_reply(send, reply, receive, chunked=scope["http_version"] != "1.0")
+        except asyncio.CancelledError:
+            if not self.cutting or task is None:
+                raise
+            task.uncancel()  # cut by `cut()`: answered here, as far as it still can be
+            if not replying:
+                status = 503
+                await send_reply(send, error_reply(errors.shutting_down()))
+        except errors.ProxyError:
+            pass  # an upstream stream broke off mid-answer: logged where it broke
         except Exception:
             log.exception("request to %s failed after its answer began", route)
         finally:
+            if task is not None:
+                self._requests.discard(task)
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
@@ -194,12 +209,13 @@ class ProxyApp:
             if self.state is State.DRAINING and route not in ("healthz", "readyz", "metrics"):
                 raise errors.shutting_down()
             request = await read_request(scope, receive, self.config.listen.max_body_bytes)
-            if route in HANGUP_CANCELS:
+            # A caller that hangs up cancels its work: its upstream call is closed, its batch
+            # input taken out, its flight left (which goes on for the others who wait on it).
+            if route == "mcp":
                 # MCP requests are built anew for each server: they take the trace from here.
                 tracing.current.set(tracing.passed(request.headers))
-                reply = await until_hangup(handler(request), receive)
-                return reply if reply is not None else Reply(CLIENT_CLOSED, [])
-            return await handler(request)
+            reply = await until_hangup(handler(request), receive)
+            return reply if reply is not None else Reply(CLIENT_CLOSED, [])
         except errors.ProxyError as e:
             return error_reply(e)
         except Exception:
@@ -245,6 +261,15 @@ class ProxyApp:
             self.gateway.clients.close()  # end notification streams: they never finish alone
         if self.llm is not None:
             self.llm.dispatcher.close()  # send waiting batches now: their callers are in flight
+
+    def cut(self) -> None:
+        """The shutdown grace has run out: every request still in flight is cancelled, and
+        answered a 503 `shutting_down` if its answer had not begun (a stream is cut short)."""
+        self.cutting = True
+        if self._requests:
+            log.warning("shutdown grace over: cutting %d requests in flight", len(self._requests))
+        for task in self._requests:
+            task.cancel()
 
     async def wait_idle(self, grace_seconds: float) -> None:
         """Return when no request is in flight, or after `grace_seconds`."""

@@ -2,9 +2,14 @@
 
 On SIGTERM the app starts draining: `/readyz` answers 503 and new API requests get a 503 that
 SDK clients retry elsewhere, while the listener stays open so both are observable. When the
-in-flight requests are done (or `shutdownGraceSeconds` has passed) uvicorn's own shutdown runs:
-stop accepting, close connections, and the app's shutdown (flush batches, close pools).
-A second signal skips the wait.
+in-flight requests are done, or shortly before `shutdownGraceSeconds` has passed, uvicorn's own
+shutdown runs: stop accepting, close connections, and the app's shutdown (flush batches, close
+pools). Requests still in flight at that point are cut by the app (`ProxyApp.cut`: a 503
+`shutting_down` in OpenAI's shape) rather than by uvicorn (a plain-text 500, after a second
+grace). A second signal skips the wait.
+
+Connections are served by `http.guard`'s protocol: slow or oversized request heads and slow
+bodies get a 408 (431) and are closed.
 
 Once started, the collector is tuned (`tune_gc`): measured per 10,000 pass-through requests
 (`python -m bench.gcpressure`, docs/benchmarks.md), CPython's full passes over the start-up heap
@@ -22,7 +27,10 @@ import uvicorn
 from sluice.api import ProxyConfig
 from sluice.proxy import logs
 from sluice.proxy.app import ProxyApp
+from sluice.proxy.http import guard
 
+CUT_SECONDS = 1.0
+"""Of the shutdown grace, the end kept for answering what is still in flight (at most a quarter)."""
 GC_THRESHOLDS = (10_000, 20, 20)
 """CPython's default is (700, 10, 10): a young collection every 700 net allocations, which a
 burst of concurrent requests reaches without making any garbage that needs the collector."""
@@ -59,8 +67,14 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self.drain()))
 
     async def drain(self) -> None:
-        self.proxy_app.begin_drain()
-        await self.proxy_app.wait_idle(self.proxy_app.config.listen.shutdown_grace_seconds)
+        app = self.proxy_app
+        app.begin_drain()
+        grace = app.config.listen.shutdown_grace_seconds
+        cut = min(CUT_SECONDS, grace / 4)
+        await app.wait_idle(grace - cut)
+        if app.in_flight:
+            app.cut()
+            await app.wait_idle(cut)
         self.should_exit = True
 
 
@@ -70,12 +84,16 @@ def serve(
     """Run the proxy until SIGTERM or SIGINT."""
     logs.configure(log_level, log_format)
     app = ProxyApp(config, access_log=logs.AccessLog(log_format) if access_log else None)
+    listen = config.listen
+    limits = guard.Limits(
+        listen.header_timeout_seconds, listen.body_timeout_seconds, listen.max_header_bytes
+    )
     uv_config = uvicorn.Config(
         app,
-        host=config.listen.host,
-        port=config.listen.port,
+        host=listen.host,
+        port=listen.port,
         loop="uvloop",
-        http="httptools",
+        http=guard.protocol(limits),
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -84,6 +102,7 @@ def serve(
         proxy_headers=False,
         log_level=log_level,
         log_config=None,  # keep `logs.configure`'s handler (JSON or text) for uvicorn's records
-        timeout_graceful_shutdown=int(config.listen.shutdown_grace_seconds),
+        # What is left in flight when uvicorn shuts down was cut and answered by `drain`.
+        timeout_graceful_shutdown=1,
     )
     DrainingServer(uv_config, app).run()

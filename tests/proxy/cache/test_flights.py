@@ -71,3 +71,64 @@ async def test_a_failed_flight_fails_its_callers_and_frees_its_key() -> None:
         await shared.wait(flight)
     await shared.stop()
     assert shared.get("k") is None
+
+
+async def test_the_last_caller_to_leave_cancels_the_flight() -> None:
+    shared: flights.Flights[str, str] = flights.Flights()
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    flight = shared.launch(("k",), work())
+    callers = [asyncio.create_task(shared.wait(flight)) for _ in range(2)]
+    await started.wait()
+    callers[0].cancel()
+    await asyncio.sleep(0)
+    assert not flight.cancelled()
+    callers[1].cancel()
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert shared.get("k") is None
+
+
+async def test_a_follower_out_of_patience_abandons_the_flight_which_goes_on_for_its_launcher() -> (
+    None
+):
+    shared: flights.Flights[str, str] = flights.Flights()
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "done"
+
+    flight = shared.launch(("k",), work())
+    launcher = asyncio.create_task(shared.wait(flight))
+    with pytest.raises(flights.AbandonedError):
+        await shared.wait(flight, patience=0.01)
+    gate.set()
+    assert await launcher == "done"
+
+
+async def test_a_member_that_received_its_answer_cancels_nothing_when_it_leaves() -> None:
+    shared: flights.Flights[str, str] = flights.Flights()
+    handed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        handed.set_result("first bytes")  # like a stream handed to its first caller
+        await gate.wait()
+        return "stored"
+
+    flight = shared.launch(("k",), work())
+    with shared.member(flight):
+        assert await handed == "first bytes"
+    follower = asyncio.create_task(shared.wait(flight))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await follower == "stored"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,3 +71,58 @@ async def test_a_streamed_reply_is_sent_chunk_by_chunk_and_closed() -> None:
     bodies = [m.get("body") for m in sent if m["type"] == "http.response.body"]
     assert bodies == [b"one", b"two", b""]
     assert closed == [True]
+
+
+async def test_without_chunked_encoding_a_stream_is_sent_whole_with_its_length() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one"
+        yield b"two"
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asgi.send_reply(send, asgi.Reply(200, [], stream=chunks()), chunked=False)
+    assert (b"content-length", b"6") in sent[0]["headers"]
+    assert [m.get("body") for m in sent[1:]] == [b"onetwo"]
+
+
+async def test_a_body_cut_short_by_a_hang_up_is_never_acted_on() -> None:
+    messages = [
+        {"type": "http.request", "body": b'{"model": "m", "inp', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    with pytest.raises(errors.ProxyError, match="ended before"):
+        await asgi.read_request(scope(), receive, 1024)
+
+
+async def test_work_is_cancelled_when_the_caller_hangs_up_and_runs_to_its_end_otherwise() -> None:
+    hung_up = asyncio.Event()
+    cancelled = []
+
+    async def receive() -> dict[str, Any]:
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def slow() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "late"
+
+    async def quick() -> str:
+        return "now"
+
+    assert await asgi.until_hangup(quick(), receive) == "now"
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, hung_up.set)
+    assert await asgi.until_hangup(slow(), receive) is None
+    assert cancelled == [True]
+    assert await asgi.until_hangup(quick(), receive) == "now"  # the task was not left cancelled

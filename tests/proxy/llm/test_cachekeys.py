@@ -71,13 +71,51 @@ def test_parameters_that_cannot_change_the_output_leave_the_key_alone(name: str)
 @pytest.mark.parametrize(
     "same",
     [
-        pytest.param({"temperature": 0.0}, id="integral-float"),
         pytest.param({"n": 1}, id="default-n"),
         pytest.param({"top_p": None}, id="null"),
     ],
 )
 def test_equivalent_spellings_give_the_same_key(same: dict[str, Any]) -> None:
     assert key({**BASE, **same}) == key(BASE)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        pytest.param({"n": True}, {"n": 1}, id="true-is-not-1"),
+        pytest.param({"max_tokens": 10.0}, {"max_tokens": 10}, id="float-is-not-int"),
+        pytest.param({"temperature": 0.0}, {"temperature": 0}, id="zero-float-is-not-zero"),
+        pytest.param({"logprobs": 0}, {"logprobs": False}, id="0-is-not-false"),
+    ],
+)
+def test_spellings_an_upstream_may_answer_differently_give_different_keys(
+    one: dict[str, Any], other: dict[str, Any]
+) -> None:
+    assert key({**BASE, **one}) != key({**BASE, **other})
+
+
+def test_n_true_is_not_a_single_deterministic_answer() -> None:
+    assert not cachekeys.deterministic({**BASE, "n": True})
+    assert cachekeys.deterministic({**BASE, "n": 1})
+
+
+@pytest.mark.parametrize(
+    ("body", "faithful"),
+    [
+        pytest.param(b'{"seed": 9999999999999999999}', True, id="19-digits"),
+        pytest.param(b'{"seed": -922337203685477580}', True, id="18-digits-negative"),
+        pytest.param(b'{"seed": 18446744073709551616}', False, id="beyond-64-bits"),
+        pytest.param(b'{"seed": -9223372036854775809}', False, id="below-i64"),
+        pytest.param(b'{"seed": -123456789012345678901}', False, id="negative-beyond-64-bits"),
+        pytest.param(b'{"temperature": 1e400}', False, id="beyond-a-double"),
+        pytest.param(b'{"temperature": 1e-05}', True, id="small-exponent"),
+        pytest.param(b'{"temperature": 0.25}', True, id="plain"),
+    ],
+)
+def test_a_body_with_a_number_orjson_cannot_read_exactly_is_not_faithful(
+    body: bytes, faithful: bool
+) -> None:
+    assert cachekeys.faithful(body) is faithful
 
 
 def test_the_tenant_and_the_kind_change_the_key() -> None:
@@ -164,17 +202,26 @@ def test_remembered_keys_are_bounded() -> None:
 
 
 def test_the_query_and_the_varying_headers_keep_requests_apart_and_nothing_else_does() -> None:
-    plain = cachekeys.variant(b"", [(b"authorization", b"Bearer x"), (b"x-custom", b"1")])
+    variant = cachekeys.Variants().of
+    plain = variant(b"", [(b"authorization", b"Bearer x"), (b"x-custom", b"1")])
     assert plain == b""
-    beta = cachekeys.variant(b"", [(b"openai-beta", b"assistants=v2")])
-    project = cachekeys.variant(b"", [(b"openai-project", b"proj_a")])
-    azure = cachekeys.variant(b"api-version=2024-10-21", [])
+    beta = variant(b"", [(b"openai-beta", b"assistants=v2")])
+    project = variant(b"", [(b"openai-project", b"proj_a")])
+    azure = variant(b"api-version=2024-10-21", [])
     keys = {
         cachekeys.response_key("p:", "chat", "t", BASE, v) for v in (plain, beta, project, azure)
     }
     assert len(keys) == 4
     shuffled = [(b"openai-project", b"p"), (b"openai-beta", b"b")]
-    assert cachekeys.variant(b"", shuffled) == cachekeys.variant(b"", shuffled[::-1])
+    assert variant(b"", shuffled) == variant(b"", shuffled[::-1])
     memo = cachekeys.ResponseKeys("p:")
     body = orjson.dumps(BASE)
     assert memo.key("chat", "t", body, BASE, beta) != memo.key("chat", "t", body, BASE, plain)
+
+
+def test_headers_a_policy_names_keep_requests_apart_too_in_any_case() -> None:
+    variants = cachekeys.Variants(["X-Tenant-Region"])
+    eu = variants.of(b"", [(b"x-tenant-region", b"eu")])
+    us = variants.of(b"", [(b"x-tenant-region", b"us")])
+    assert eu != us
+    assert cachekeys.Variants().of(b"", [(b"x-tenant-region", b"eu")]) == b""

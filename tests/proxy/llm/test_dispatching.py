@@ -11,7 +11,7 @@ import pytest
 
 from sluice.api import BatchingSettings
 from sluice.proxy.http import callers, errors
-from sluice.proxy.http.asgi import JSON_HEADERS, Reply, Request
+from sluice.proxy.http.asgi import JSON_HEADERS, Headers, Reply, Request
 from sluice.proxy.llm import dispatching
 
 
@@ -23,6 +23,7 @@ class FakeUpstream:
         self.callers: list[callers.Caller] = []
         self.status = status
         self.delay = delay
+        self.cancelled = 0
 
     async def __call__(
         self,
@@ -36,7 +37,11 @@ class FakeUpstream:
         sent = orjson.loads(request.body if body is None else body)
         self.bodies.append(sent)
         self.callers.append(caller)
-        await asyncio.sleep(self.delay)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         if kind == "chat_completions":
             return Reply(
                 200, [*JSON_HEADERS, (b"x-request-id", b"r1")], b'{"n": %d}' % len(self.bodies)
@@ -56,8 +61,10 @@ class FakeUpstream:
         return Reply(200, list(JSON_HEADERS), orjson.dumps(answer))
 
 
-def request(payload: dict[str, Any], path: str = "/v1/embeddings") -> Request:
-    return Request("POST", path, b"", [], orjson.dumps(payload))
+def request(
+    payload: dict[str, Any], path: str = "/v1/embeddings", headers: Headers | None = None
+) -> Request:
+    return Request("POST", path, b"", headers or [], orjson.dumps(payload))
 
 
 def caller(key: str = "k1") -> callers.Caller:
@@ -77,9 +84,11 @@ async def embed(
 async def dispatcher_of() -> AsyncIterator[Any]:
     made: list[dispatching.Dispatcher] = []
 
-    def make(upstream: FakeUpstream, **settings: Any) -> dispatching.Dispatcher:
+    def make(
+        upstream: FakeUpstream, patience: float | None = None, **settings: Any
+    ) -> dispatching.Dispatcher:
         config = BatchingSettings(**{"max_wait_milliseconds": 20, **settings})
-        dispatcher = dispatching.Dispatcher(config, upstream)
+        dispatcher = dispatching.Dispatcher(config, upstream, patience=patience)
         dispatcher.start()
         made.append(dispatcher)
         return dispatcher
@@ -203,7 +212,11 @@ async def test_identical_chat_requests_in_flight_share_one_call_when_allowed(
     replies = await asyncio.gather(*(chat(dispatcher, **options) for _ in range(3)))
     assert len(upstream.bodies) == calls
     if calls == 1:
-        assert len({(r.status, tuple(r.headers), r.body) for r in replies}) == 1
+        launcher, *followers = replies
+        assert (b"x-sluice-cache", b"shared") not in launcher.headers
+        for reply in followers:
+            assert reply.headers == [*launcher.headers, (b"x-sluice-cache", b"shared")]
+            assert (reply.status, reply.body) == (launcher.status, launcher.body)
         assert len({id(r.headers) for r in replies}) == 3  # each may add its own headers
 
 
@@ -225,3 +238,74 @@ async def test_a_full_chat_queue_answers_429(dispatcher_of: Any) -> None:
     refused = [o for o in outcomes if isinstance(o, errors.ProxyError)]
     assert [e.status for e in refused] == [429]
     assert len(upstream.bodies) == 2
+
+
+async def test_a_no_cache_chat_never_lands_another_requests_flight(dispatcher_of: Any) -> None:
+    upstream = FakeUpstream()
+    dispatcher = dispatcher_of(upstream)
+    payload = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    fresh = request(payload, "/v1/chat/completions", [(b"cache-control", b"no-cache")])
+    plain = request(payload, "/v1/chat/completions")
+    replies = await asyncio.gather(
+        dispatcher.chat(plain, caller(), payload), dispatcher.chat(fresh, caller(), payload)
+    )
+    assert len(upstream.bodies) == 2
+    assert all((b"x-sluice-cache", b"shared") not in r.headers for r in replies)
+
+
+async def test_a_follower_waits_on_a_slow_flight_a_bounded_time_then_calls_itself(
+    dispatcher_of: Any,
+) -> None:
+    upstream = FakeUpstream(delay=0.5)
+    dispatcher = dispatcher_of(upstream, patience=0.05)
+    leader = asyncio.create_task(chat(dispatcher, temperature=0))
+    await asyncio.sleep(0.01)
+    follower = await chat(dispatcher, temperature=0)
+    assert (b"x-sluice-cache", b"shared") not in follower.headers  # it made its own call
+    assert len(upstream.bodies) == 2
+    assert (await leader).status == 200
+
+
+async def test_the_last_caller_of_a_chat_flight_to_leave_cancels_its_upstream_call(
+    dispatcher_of: Any,
+) -> None:
+    upstream = FakeUpstream(delay=5)
+    dispatcher = dispatcher_of(upstream)
+    callers_ = [asyncio.create_task(chat(dispatcher, temperature=0)) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    callers_[0].cancel()
+    await asyncio.sleep(0.02)
+    assert upstream.cancelled == 0  # the other caller still waits on it
+    callers_[1].cancel()
+    await asyncio.sleep(0.02)
+    assert upstream.cancelled == 1
+    assert dispatcher.limiters[dispatching.CHAT].busy == 0
+
+
+async def test_a_caller_that_leaves_a_batch_not_yet_sent_takes_its_input_out(
+    dispatcher_of: Any,
+) -> None:
+    upstream = FakeUpstream()
+    dispatcher = dispatcher_of(upstream, max_wait_milliseconds=100)
+    leaving = asyncio.create_task(embed(dispatcher, "gone"))
+    staying = asyncio.create_task(embed(dispatcher, "kept"))
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    assert vectors(await staying) == [[4]]
+    assert upstream.bodies == [{"model": "m", "input": "kept"}]
+    assert dispatcher.embedder is not None
+    assert dispatcher.embedder.queue.pending == 0
+
+
+async def test_a_batch_in_flight_whose_callers_all_left_is_cancelled(dispatcher_of: Any) -> None:
+    upstream = FakeUpstream(delay=5)
+    dispatcher = dispatcher_of(upstream, max_wait_milliseconds=1)
+    waiting = [asyncio.create_task(embed(dispatcher, t)) for t in ("a", "b")]
+    await asyncio.sleep(0.05)
+    assert len(upstream.bodies) == 1  # sent, as one call
+    waiting[0].cancel()
+    await asyncio.sleep(0.01)
+    assert upstream.cancelled == 0
+    waiting[1].cancel()
+    await asyncio.sleep(0.01)
+    assert upstream.cancelled == 1

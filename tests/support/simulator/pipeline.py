@@ -25,14 +25,31 @@ async def serve(
 ) -> web.StreamResponse:
     """The pipeline every /v1 call goes through: record, fault, compute, wait, answer."""
     started = time.monotonic()
-    config = shared.config
     seq = next(shared.seq)
-    request_id = f"req_sim{seq:010d}"
     raw = await request.read()
     body = protocol.parse_body(raw)
     call = _make_record(seq, endpoint, request, body, raw)
     shared.record(call)
-    fault = shared.take_fault(endpoint)
+    try:
+        return await _answer(shared, request, handler, call, raw, body, started)
+    except asyncio.CancelledError:  # the client hung up (aiohttp's handler_cancellation)
+        call.hung_up_at = time.time()
+        raise
+
+
+async def _answer(
+    shared: state.State,
+    request: web.Request,
+    handler: endpoints.Handler,
+    call: state.CallRecord,
+    raw: bytes,
+    body: Any,
+    started: float,
+) -> web.StreamResponse:
+    """Fault, compute, wait, answer: the part of a call its client can walk away from."""
+    config = shared.config
+    request_id = f"req_sim{call.seq:010d}"
+    fault = shared.take_fault(call.endpoint)
     if fault is not None:
         call.fault = fault.mode
         if fault.mode in ("close", "reset"):
@@ -55,7 +72,7 @@ async def serve(
     response: web.StreamResponse
     if isinstance(reply, endpoints.Sse):
         delay = config.stream_chunk_delay_ms / 1000
-        response = await _stream(request, reply.events, request_id, delay, cut)
+        response = await _stream(request, reply.events, request_id, delay, cut, call)
     elif cut is not None:
         response = await _truncated(request, reply)  # a "cut" that hit a non-streamed answer
     else:
@@ -131,7 +148,12 @@ def _drop_connection(request: web.BaseRequest, *, rst: bool) -> web.Response:
 
 
 async def _stream(
-    request: web.Request, events: list[bytes], request_id: str, delay: float, cut: int | None
+    request: web.Request,
+    events: list[bytes],
+    request_id: str,
+    delay: float,
+    cut: int | None,
+    call: state.CallRecord,
 ) -> web.StreamResponse:
     """Write SSE ``events`` then ``[DONE]``, ``delay`` seconds apart; with ``cut``, stop after
     that many events and close the connection without ``[DONE]``."""
@@ -154,6 +176,7 @@ async def _stream(
                     await asyncio.sleep(delay)
                 await response.write(event)
     except ConnectionError:  # the client went away mid-stream: nothing left to do
+        call.hung_up_at = time.time()
         return response
     if cut is not None:
         _drop_connection(request, rst=False)

@@ -35,7 +35,11 @@ class Simulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0 picks a free port); returns :attr:`url`."""
         # A short shutdown timeout: handlers parked in a "hang" fault must not delay stop().
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        # Handlers are cancelled when their client hangs up, as a real API server stops work;
+        # the call records when (`CallRecord.hung_up_at`).
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

@@ -167,6 +167,8 @@ class CallRecord:
     fault: str | None = None
     status: int | None = None
     """HTTP status answered; None while in flight or when the connection was dropped."""
+    hung_up_at: float | None = None
+    """When the client (the proxy) closed the connection before the answer was complete."""
     usage: dict[str, Any] | None = None
     """The ``usage`` the answer reported (chat, completions, embeddings), for billing."""
     batch_id: str | None = None

@@ -15,6 +15,9 @@ from sluice.proxy import metrics, tasks
 from sluice.proxy.cache import keyspace, lru
 
 SWEEP_SECONDS = 1.0
+_STARTED: dict[str, list[MemoryCache]] = {}
+"""The started caches by name, which `sluice_cache_entries` and `_bytes` count when scraped: a proxy
+with an `llm` and an `mcp` section has two, and a gauge set by each would show the last one."""
 
 
 class MemoryCache:
@@ -39,10 +42,21 @@ class MemoryCache:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep_forever(), name=f"sluice-{self.name}-sweep")
+        name = self.name
+        _STARTED.setdefault(name, []).append(self)
+        metrics.cache_entries.labels(name).set_function(
+            lambda: sum(len(cache.store) for cache in _STARTED.get(name, ()))
+        )
+        metrics.cache_bytes.labels(name).set_function(
+            lambda: sum(cache.store.bytes for cache in _STARTED.get(name, ()))
+        )
 
     async def close(self) -> None:
         await tasks.cancel(self._sweeper)
         self._sweeper = None
+        started = _STARTED.get(self.name, [])
+        if self in started:
+            started.remove(self)
 
     async def get(self, key: str) -> bytes | None:
         return self.store.get(key, self.clock())
@@ -70,9 +84,8 @@ class MemoryCache:
         self.export()
 
     def export(self) -> None:
-        """Bring the gauges and eviction counters up to date with the store."""
-        metrics.cache_entries.labels(self.name).set(len(self.store))
-        metrics.cache_bytes.labels(self.name).set(self.store.bytes)
+        """Bring the eviction counters up to date with the store (the entries and bytes gauges
+        are read when scraped)."""
         for reason, total in self.store.evictions.items():
             new = total - self._exported.get(reason, 0)
             if new:

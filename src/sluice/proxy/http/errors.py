@@ -51,6 +51,29 @@ def body_too_large(limit: int) -> ProxyError:
     return ProxyError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
 
 
+def client_gone() -> ProxyError:
+    """The caller hung up before its request was whole: nothing can be answered, or acted on."""
+    return ProxyError(400, "The request body ended before its end.", code="incomplete_body")
+
+
+def request_timeout(what: str, seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        f"The request's {what} did not arrive within {seconds:g} seconds.",
+        code="request_timeout",
+        headers={"connection": "close"},
+    )
+
+
+def headers_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        431,
+        f"The request's line and headers exceed {limit} bytes.",
+        code="headers_too_large",
+        headers={"connection": "close"},
+    )
+
+
 def not_found(path: str) -> ProxyError:
     return ProxyError(404, f"No route for {path}.", code="not_found")
 
@@ -61,6 +84,17 @@ def upstream_unreachable(detail: str) -> ProxyError:
         f"The upstream API could not be reached: {detail}",
         type="upstream_error",
         code="upstream_unreachable",
+    )
+
+
+def upstream_broke_off(detail: str) -> ProxyError:
+    """A streamed upstream answer that ended before its end; after the caller's answer began,
+    its connection is dropped instead (`app.ProxyApp.http`)."""
+    return ProxyError(
+        502,
+        f"The upstream API's answer broke off: {detail}",
+        type="upstream_error",
+        code="upstream_broke_off",
     )
 
 

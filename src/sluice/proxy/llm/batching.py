@@ -2,8 +2,10 @@
 and the bound on calls that are never batched (`Limiter`, `HeldStream`).
 
 `Batcher`: one task owns the timer, each batch runs in its own task, and every caller of
-`submit()` gets its own result or the batch's error. This module only knows keys, sizes, costs
-and waits; what a batch means (one coalesced upstream call) is `dispatching.py`'s business.
+`submit()` gets its own result or the batch's error. A caller that leaves while its item waits
+takes the item out; when every caller of a batch in flight has left, the batch is cancelled (its
+upstream call closed). This module only knows keys, sizes, costs and waits; what a batch means
+(one coalesced upstream call) is `dispatching.py`'s business.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Batcher(Generic[K, T, R]):
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._timer: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], list[_Waiter[T, R]]] = {}
         self._depth = metrics.batch_queue_depth.labels(name)
         self._in_flight = metrics.batches_in_flight.labels(name)
         self._sizes = metrics.batch_size.labels(name)
@@ -84,8 +86,9 @@ class Batcher(Generic[K, T, R]):
         if self._timer is None:
             raise RuntimeError(f"{self!r} was not started")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(item, future)
         try:
-            batch = self.queue.add(key, _Waiter(item, future), size, cost, self.clock())
+            batch = self.queue.add(key, waiter, size, cost, self.clock())
         except batchqueue.QueueFullError:
             self._rejected.inc()
             raise errors.overloaded(RETRY_AFTER_SECONDS) from None
@@ -96,7 +99,22 @@ class Batcher(Generic[K, T, R]):
             self._launch(batch)
         elif self._sleeping_until is None and self.queue.deadline() is not None:
             self._wake.set()  # the timer sleeps without a deadline; this item brings one
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._leave(key, waiter)
+            raise
+
+    def _leave(self, key: K, waiter: _Waiter[T, R]) -> None:
+        """A caller left: take its item out, or cancel its batch if nobody else waits on it."""
+        if self.queue.remove(key, waiter):
+            self._depth.dec()
+            return
+        for task, waiters in self._running.items():
+            if any(w is waiter for w in waiters):
+                if all(w.future.cancelled() for w in waiters):
+                    task.cancel()
+                return
 
     def close(self) -> None:
         """Take nothing new and send everything waiting now, without waiting for batch-mates."""
@@ -109,7 +127,7 @@ class Batcher(Generic[K, T, R]):
         if self._timer is not None:
             await self._timer
         while self._running:
-            await asyncio.gather(*self._running)
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self) -> None:
         try:
@@ -145,8 +163,11 @@ class Batcher(Generic[K, T, R]):
         for entry in batch.entries:
             self._waits.observe(now - entry.enqueued)
         task = asyncio.get_running_loop().create_task(self._answer(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._running[task] = [e.item for e in batch.entries]
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        del self._running[task]
 
     async def _answer(self, batch: batchqueue.Batch[K, _Waiter[T, R]]) -> None:
         waiters = [e.item for e in batch.entries]

@@ -126,6 +126,22 @@ class BatchQueue(Generic[K, T]):
         oldest = min(lane.entries[0].enqueued for lane in self.lanes.values())
         return oldest if self.closed else oldest + self.limits.max_wait
 
+    def remove(self, key: K, item: T) -> bool:
+        """Take a waiting item out (its caller left); False when it is not waiting (any more)."""
+        lane = self.lanes.get(key)
+        if lane is None:
+            return False
+        for entry in lane.entries:
+            if entry.item is item:
+                lane.entries.remove(entry)
+                lane.size -= entry.size
+                lane.cost -= entry.cost
+                self.pending -= 1
+                if not lane.entries:
+                    del self.lanes[key]
+                return True
+        return False
+
     def done(self, batch: Batch[K, T]) -> None:
         """A batch came back; its slot is free."""
         self.in_flight -= 1

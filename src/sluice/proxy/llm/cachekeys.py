@@ -6,7 +6,9 @@ change the answer. The canonical form is the body as JSON with
 
 * keys sorted at every depth (orjson's `OPT_SORT_KEYS`); list order is kept, it is meaningful;
 * top-level `null` values dropped (the API treats them as absent), and `n: 1` dropped (the
-  default); top-level floats with integral values written as integers (`temperature: 0.0` is 0);
+  default); nothing else is rewritten: `n: true` is not `n: 1` and `10.0` is not `10`, because an
+  upstream may answer them differently (refuse one, accept the other), and a key must never
+  equate two requests the upstream would not;
 * the fields in `NOT_IN_KEY` left out:
   - `stream`, `stream_options`: the shape of the answer, not its content; a streamed and a
     non-streamed request share one entry (see `replay.py`);
@@ -17,6 +19,9 @@ change the answer. The canonical form is the body as JSON with
   Anything else (model, messages, temperature, seed, n, tools, response_format, logprobs,
   max_tokens, provider-specific extras, ...) changes the key.
 
+A body that orjson cannot read exactly (`faithful`) has no canonical form: it is never cached,
+shared or merged, and goes upstream as its caller wrote it.
+
 The tenant (`http.callers.Tenants`: a hash of the caller's credentials or the tenant header's
 value) goes into the digest and into the key itself (`cache.keyspace.layout`), so one tenant
 never reads another's entries and invalidation can select them; `shareAcrossTenants` replaces it
@@ -26,6 +31,7 @@ with `keyspace.SHARED`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +53,8 @@ NOT_IN_KEY = frozenset(
     }
 )
 _EMBEDDING_NOT_IN_KEY = NOT_IN_KEY | {"input"}
+HEADER = b"x-sluice-cache"
+"""The response header that says how an answer was found: hit, miss, shared or bypass."""
 VARYING_HEADERS = frozenset(
     {
         b"openai-beta",
@@ -58,15 +66,36 @@ VARYING_HEADERS = frozenset(
 )
 """Request headers that select the upstream's behaviour or who it bills: requests that differ
 in one (or in the query string, Azure's `api-version`) never share an entry, a flight or a
-merged call."""
+merged call. `llm.varyHeaders` adds to them."""
+_UNFAITHFUL = re.compile(rb"-\d{19}|\d{20}|[eE][+-]?\d{3}")
+"""Integers that may lie beyond 64 bits (20 digits, or 19 after a minus: orjson reads those as
+floats, so two different ones would read alike) and exponents of three digits (beyond a
+double's range: orjson refuses them, Python's parser reads them as infinity)."""
 
 
-def variant(query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """What besides the body tells two requests apart: the query and `VARYING_HEADERS`."""
-    picked = sorted(b"%s=%s" % (k, v) for k, v in headers if k in VARYING_HEADERS)
-    if not query and not picked:
-        return b""
-    return query + b"\0" + b"\0".join(picked)
+class Variants:
+    """What besides the body tells two requests apart: the query and the varying headers
+    (`VARYING_HEADERS` and those a policy adds)."""
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        self.names = VARYING_HEADERS | {name.lower().encode("latin-1") for name in extra}
+
+    def of(self, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        names = self.names
+        picked = sorted(b"%s=%s" % (k, v) for k, v in headers if k in names)
+        if not query and not picked:
+            return b""
+        return query + b"\0" + b"\0".join(picked)
+
+    def __repr__(self) -> str:
+        return f"<Variants {sorted(n.decode('latin-1') for n in self.names)}>"
+
+
+def faithful(body: bytes) -> bool:
+    """Does the parsed body say exactly what its bytes say? Not when it holds a number beyond
+    what orjson reads exactly (`_UNFAITHFUL`; a digit run inside a string counts too, which
+    only costs that request the cache)."""
+    return _UNFAITHFUL.search(body) is None
 
 
 def canonical(payload: Mapping[str, Any], skip: frozenset[str] = NOT_IN_KEY) -> bytes:
@@ -75,10 +104,8 @@ def canonical(payload: Mapping[str, Any], skip: frozenset[str] = NOT_IN_KEY) -> 
     for name, value in payload.items():
         if name in skip or value is None:
             continue
-        if type(value) is float and value.is_integer():
-            value = int(value)
         kept[name] = value
-    if kept.get("n") == 1:
+    if type(kept.get("n")) is int and kept["n"] == 1:
         del kept["n"]
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
 
@@ -170,8 +197,9 @@ def repeatable(payload: Mapping[str, Any]) -> bool:
 
 
 def deterministic(payload: Mapping[str, Any]) -> bool:
-    """One answer (`n` absent or 1) that is `repeatable`: worth caching by default."""
-    return payload.get("n") in (None, 1) and repeatable(payload)
+    """One answer (`n` absent or 1, not `true`) that is `repeatable`: worth caching by default."""
+    n = payload.get("n")
+    return (n is None or (type(n) is int and n == 1)) and repeatable(payload)
 
 
 def directives(cache_control: bytes | None) -> tuple[bool, bool]:

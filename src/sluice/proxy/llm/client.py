@@ -42,8 +42,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 # aiohttp decompresses bodies, so the encoding and length it received no longer describe them;
-# uvicorn writes its own `date`, and an answer with two (FACTS.md) confuses caches.
-RESPONSE_DROPPED = frozenset(h.encode() for h in HOP_BY_HOP | {"content-encoding", "date"})
+# uvicorn writes its own `date`, and an answer with two (FACTS.md) confuses caches; the proxy
+# says `x-sluice-cache` itself (an upstream that is another Sluice must not say it for it).
+RESPONSE_DROPPED = frozenset(
+    h.encode() for h in HOP_BY_HOP | {"content-encoding", "date", "x-sluice-cache"}
+)
 
 
 class Call:
@@ -94,8 +97,9 @@ class Call:
             # The caller already has the status line and part of the body, so the break can only
             # be passed on as a break: the server then drops the connection mid-body, and the
             # caller sees an incomplete response rather than a stream that seems to end well.
+            # Logged once here, without a traceback: an upstream can cause it.
             log.warning("upstream stream of %s broke off: %s", self.kind, errors.describe(e))
-            raise
+            raise errors.upstream_broke_off(errors.describe(e)) from None
         finally:
             self.response.release()
             self._finished()

@@ -76,9 +76,18 @@ class Part:
 class Dispatcher:
     """Batchers, limiters and shared flights for one upstream, per `llm.batching`."""
 
-    def __init__(self, settings: BatchingSettings, forward: Forward) -> None:
+    def __init__(
+        self,
+        settings: BatchingSettings,
+        forward: Forward,
+        *,
+        variants: cachekeys.Variants | None = None,
+        patience: float | None = None,
+    ) -> None:
         self.settings = settings
         self.forward = forward
+        self.variants = variants or cachekeys.Variants()
+        self.patience = patience
         on = settings.endpoints if settings.enabled else None
         wait = settings.max_wait_milliseconds / 1000
         self.embedder: batching.Batcher[Hashable, Part, Reply] | None = None
@@ -131,9 +140,10 @@ class Dispatcher:
         if self.embedder is None:
             return await self.forward(EMBEDDINGS, request, caller, streaming=False)
         inputs = coalescing.parse(payload.get("input"))
-        if inputs is None or self.embedder.closed:
+        if inputs is None or self.embedder.closed or not cachekeys.faithful(request.body):
             return await self._alone(EMBEDDINGS, request, caller, streaming=False)
-        key = (payer(caller), varies(request), coalescing.group_key(payload, "input", inputs.kind))
+        group = coalescing.group_key(payload, "input", inputs.kind)
+        key = (payer(caller), self.varies(request), group)
         part = Part(request, caller, payload, inputs)
         return await self.embedder.submit(key, part, len(inputs.items), inputs.tokens)
 
@@ -142,9 +152,11 @@ class Dispatcher:
         if self.completer is None:
             return await self.forward(COMPLETIONS, request, caller, streaming=streaming)
         inputs = None if streaming else coalescing.parse(payload.get("prompt"))
-        if inputs is None or choices_per_prompt(payload) is None or self.completer.closed:
+        alone = choices_per_prompt(payload) is None or not cachekeys.faithful(request.body)
+        if inputs is None or alone or self.completer.closed:
             return await self._alone(COMPLETIONS, request, caller, streaming=streaming)
-        key = (payer(caller), varies(request), coalescing.group_key(payload, "prompt", inputs.kind))
+        group = coalescing.group_key(payload, "prompt", inputs.kind)
+        key = (payer(caller), self.varies(request), group)
         part = Part(request, caller, payload, inputs)
         return await self.completer.submit(key, part, len(inputs.items))
 
@@ -152,29 +164,41 @@ class Dispatcher:
         streaming = payload.get("stream") is True
         if not self.chat_on:
             return await self.forward(CHAT, request, caller, streaming=streaming)
-        if streaming or not self._shareable(payload):
+        if streaming or not self._shareable(request, payload):
             return await self._alone(CHAT, request, caller, streaming=streaming)
         # The tenant too: with a proxy-held key every tenant has the same credentials, and one
         # tenant must not receive (or time) another's answer.
         body = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        key = (payer(caller), caller.tenant, varies(request), body)
+        key = (payer(caller), caller.tenant, self.varies(request), body)
         flight = self.flights.get(key)
         if flight is None:
             flight = self.flights.launch((key,), self._fly(request, caller))
             return copy(await self.flights.wait(flight))
+        try:
+            reply = copy(await self.flights.wait(flight, self.patience))
+        except flights.AbandonedError:
+            return await self._alone(CHAT, request, caller, streaming=False)
         self._shared.inc()
-        reply = copy(await self.flights.wait(flight))
         if reply.status == 200:
             usage.saved(CHAT, reply.body)
+        reply.headers.append((cachekeys.HEADER, b"shared"))
         return reply
 
     # --- chat flights -------------------------------------------------------------------------
 
-    def _shareable(self, payload: dict[str, Any]) -> bool:
+    def _shareable(self, request: Request, payload: dict[str, Any]) -> bool:
+        """May this chat request land another's flight? Never when it asked for a fresh answer
+        (`no-cache`) or its body cannot be read exactly."""
         mode = self.settings.share_chat
-        if mode != "deterministic":
-            return mode == "always"
-        return cachekeys.repeatable(payload)
+        fresh = not cachekeys.directives(request.header(b"cache-control"))[0]
+        if mode == "off" or fresh or not cachekeys.faithful(request.body):
+            return False
+        return mode == "always" or cachekeys.repeatable(payload)
+
+    def varies(self, request: Request) -> bytes:
+        """What else keeps requests apart: a merged call is sent with its first caller's query
+        and headers, so callers whose varying headers differ never share one."""
+        return self.variants.of(request.query, request.headers)
 
     async def _fly(self, request: Request, caller: Caller) -> Reply:
         reply = await self._alone(CHAT, request, caller, streaming=False)
@@ -281,12 +305,6 @@ def divided(reply: Reply, parts: list[Part], split: Split) -> list[Reply]:
 def copy(reply: Reply) -> Reply:
     """The same answer for another caller (layers above may add headers to theirs)."""
     return Reply(reply.status, list(reply.headers), reply.body)
-
-
-def varies(request: Request) -> bytes:
-    """What else keeps requests apart: a merged call is sent with its first caller's query and
-    headers, so callers whose `cachekeys.VARYING_HEADERS` differ never share one."""
-    return cachekeys.variant(request.query, request.headers)
 
 
 def payer(caller: Caller) -> tuple[str | None, ...]:

@@ -14,7 +14,8 @@ zero. So usage summed over callers is what the provider bills, and a full hit re
 Concurrent misses on one input share one upstream call (`cache.flights`: one flight per
 sub-request, registered under each of its input keys), unless the request asked `no-cache`. The
 answer says `x-sluice-cache: hit` when every input came from the cache (with `Age` of the oldest),
-`miss` when some were fetched, `bypass` when the cache was not read.
+`miss` when some were fetched, `shared` when none were but some came from another request's
+call in flight, `bypass` when the cache was not read.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Gathered:
     fetched: bool = False
     batch: bytes | None = None
     """The id of a merged upstream call that brought some of the vectors (`x-sluice-batch`)."""
+    shared: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,10 +75,15 @@ class EmbeddingCache:
         config: CacheConfig,
         backend: store.Cache | None,
         clock: Callable[[], float] = time.time,
+        *,
+        variants: cachekeys.Variants | None = None,
+        patience: float | None = None,
     ) -> None:
         self.config = config
         self.store = backend
         self.clock = clock
+        self.variants = variants or cachekeys.Variants()
+        self.patience = patience
         self.prefix = config.redis.key_prefix
         self.ttl = config.ttl_seconds.embeddings
         self.flights: flights.Flights[str, Flight] = flights.Flights()
@@ -100,7 +107,7 @@ class EmbeddingCache:
             return responses.tagged(await fetch(request, payload), b"bypass")
         if self.config.share_across_tenants:
             tenant = keyspace.SHARED
-        variant = cachekeys.variant(request.query, request.headers)
+        variant = self.variants.of(request.query, request.headers)
         maker = cachekeys.EmbeddingKeys(self.prefix, tenant, payload, variant)
         keys = [maker.key(item) for item in inputs.items]
         by_key = dict(zip(keys, inputs.items, strict=True))
@@ -122,6 +129,8 @@ class EmbeddingCache:
 
     def policy(self, request: Request) -> tuple[bool, bool]:
         if self.store is None or not self.ttl or self.config.mode == "off":
+            return False, False
+        if not cachekeys.faithful(request.body):
             return False, False
         return cachekeys.directives(request.header(b"cache-control"))
 
@@ -148,7 +157,8 @@ class EmbeddingCache:
         write: bool,
     ) -> Reply | None:
         """Fetch the `missing` inputs, in a flight of this request's own and by following the
-        flights under way; returns the upstream's error to this request's own sub-request."""
+        flights under way; returns the upstream's error to this request's own sub-request. A
+        flight that outlasts `patience` is left, and its inputs fetched without sharing."""
         while missing:
             led, followed = self.split(missing, share)
             if led:
@@ -164,11 +174,16 @@ class EmbeddingCache:
                 gathered.batch = outcome.batch or gathered.batch
                 gathered.fetched = True
             for flight in set(followed.values()):
-                outcome = await self.flights.wait(flight)
+                try:
+                    outcome = await self.flights.wait(flight, self.patience)
+                except flights.AbandonedError:
+                    share = False
+                    continue
                 if isinstance(outcome, Fetched):  # an error was its own caller's: fetch anew
                     gathered.vectors.update(
                         (k, v) for k, v in outcome.vectors.items() if k in followed
                     )
+                    gathered.shared = True
             missing = {k: missing[k] for k in followed if k not in gathered.vectors}
         return None
 
@@ -225,7 +240,15 @@ class EmbeddingCache:
         model = orjson.dumps(gathered.model or cachekeys.model_of(payload))
         usage = b'{"prompt_tokens":%d,"total_tokens":%d}' % (gathered.tokens, gathered.tokens)
         body = b'{"object":"list","data":[%b],"model":%b,"usage":%b}' % (data, model, usage)
-        result = b"bypass" if not read else b"miss" if gathered.fetched else b"hit"
+        result = (
+            b"bypass"
+            if not read
+            else b"miss"
+            if gathered.fetched
+            else b"shared"
+            if gathered.shared
+            else b"hit"
+        )
         if result == b"hit":
             self._saved.inc()
         headers = [responses.JSON_TYPE, (responses.HEADER, result)]

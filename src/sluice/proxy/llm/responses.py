@@ -16,7 +16,10 @@ Sits between the handlers of `routes.LLMRoutes` and the dispatcher (the batching
   (a broken stream, a streaming caller gone), a follower launches the next try; a non-streamed
   flight goes on for its followers when its first caller hangs up.
 * Every answer says `x-sluice-cache`: `hit` (from the cache, with `Age`), `miss` (the cache was
-  read and had nothing usable), or `bypass` (not read: not cacheable, `no-cache`, Redis down).
+  read and had nothing usable), `shared` (the answer of another request's call in flight), or
+  `bypass` (not read: not cacheable, `no-cache`, Redis down).
+* A follower waits on a flight for `llm.followerWaitSeconds` at most, then makes its own call;
+  the flight is cancelled (its upstream call closed) when every caller waiting on it has left.
 * Only the body is stored, never the upstream's headers: a hit sends `content-type`,
   `x-sluice-cache`, `age` and `content-length` (uvicorn adds `date`, the app `x-request-id`).
   The upstream's `date`, `server`, request id, rate-limit and processing-time headers described
@@ -42,7 +45,7 @@ from sluice.proxy.http import asgi, errors
 from sluice.proxy.http.asgi import Headers, Reply, Request
 from sluice.proxy.llm import cachekeys, replay, usage
 
-HEADER = b"x-sluice-cache"
+HEADER = cachekeys.HEADER
 JSON_TYPE = (b"content-type", b"application/json")
 SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 ENDPOINTS = {"chat": "chat_completions", "completions": "completions"}
@@ -84,10 +87,15 @@ class ResponseCache:
         config: CacheConfig,
         backend: store.Cache | None,
         clock: Callable[[], float] = time.time,
+        *,
+        variants: cachekeys.Variants | None = None,
+        patience: float | None = None,
     ) -> None:
         self.config = config
         self.store = backend
         self.clock = clock
+        self.variants = variants or cachekeys.Variants()
+        self.patience = patience
         self.keys = cachekeys.ResponseKeys(config.redis.key_prefix)
         self.ttls = {"chat": config.ttl_seconds.chat, "completions": config.ttl_seconds.completions}
         self.flights: flights.Flights[str, Shared] = flights.Flights()
@@ -114,7 +122,7 @@ class ResponseCache:
                 return tagged(await fetch(request, payload), b"bypass")
         if self.config.share_across_tenants:
             tenant = keyspace.SHARED
-        variant = cachekeys.variant(request.query, request.headers)
+        variant = self.variants.of(request.query, request.headers)
         key = self.keys.key(kind, tenant, request.body, payload, variant)
         streamed = payload.get("stream") is True
         include_usage = streamed and _include_usage(payload)
@@ -143,6 +151,8 @@ class ResponseCache:
             return False, False
         if self.config.mode == "deterministic" and not cachekeys.deterministic(payload):
             return False, False
+        if not cachekeys.faithful(request.body):
+            return False, False
         return cachekeys.directives(request.header(b"cache-control"))
 
     async def share(
@@ -153,21 +163,30 @@ class ResponseCache:
         payload: dict[str, Any],
         fetch: Fetch,
     ) -> Reply:
-        """Launch the flight for `key`, or follow the one under way."""
+        """Launch the flight for `key`, or follow the one under way (for `patience` seconds at
+        most: then this request makes its own call)."""
         streamed = payload.get("stream") is True
         include_usage = streamed and _include_usage(payload)
         while True:
             flight = self.flights.get(key)
             if flight is None:
                 handoff: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-                self.flights.launch((key,), self.fly(kind, key, request, payload, fetch, handoff))
-                return await handoff
-            shared = await self.flights.wait(flight)
+                flight = self.flights.launch(
+                    (key,), self.fly(kind, key, request, payload, fetch, handoff)
+                )
+                with self.flights.member(flight):  # the flight stops if its launcher leaves alone
+                    return await handoff
+            try:
+                shared = await self.flights.wait(flight, self.patience)
+            except flights.AbandonedError:
+                reply = await fetch(request, payload)
+                return await self.keep(kind, key, reply, write=True, header=b"miss")
             if isinstance(shared, Reply):
-                return Reply(shared.status, [*shared.headers], shared.body)
+                headers = [h for h in shared.headers if h[0] != HEADER]
+                return tagged(Reply(shared.status, headers, shared.body), b"shared")
             if shared is not None and shared.serves(streamed, include_usage):
                 self.saved(kind, "shared", shared)
-                return self.render(kind, shared, streamed, include_usage, b"miss", age=False)
+                return self.render(kind, shared, streamed, include_usage, b"shared", age=False)
 
     async def fly(
         self,
@@ -323,7 +342,10 @@ class Recording:
 
 
 def tagged(reply: Reply, header: bytes) -> Reply:
-    reply.headers.append((HEADER, header))
+    """The reply, saying `header` as its `x-sluice-cache` unless a layer below said it (the
+    dispatcher's `shared`)."""
+    if not any(name == HEADER for name, _ in reply.headers):
+        reply.headers.append((HEADER, header))
     return reply
 
 

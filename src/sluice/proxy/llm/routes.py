@@ -22,7 +22,7 @@ from sluice.proxy.cache import store
 from sluice.proxy.http import callers
 from sluice.proxy.http.asgi import Reply, Request
 from sluice.proxy.http.callers import Caller
-from sluice.proxy.llm import client, dispatching, embeddings, responses
+from sluice.proxy.llm import cachekeys, client, dispatching, embeddings, responses
 from sluice.proxy.llm.deferred import deferral, jobstore
 
 API_PREFIX = "/v1"
@@ -43,9 +43,19 @@ class LLMRoutes:
     ) -> None:
         self.config = config
         self.upstream = upstream
-        self.responses = responses.ResponseCache(config.cache, backend)
-        self.embeddings_cache = embeddings.EmbeddingCache(config.cache, backend)
-        self.dispatcher = dispatching.Dispatcher(config.batching, self.forward)
+        # What keeps requests apart, and how long one waits on another's call: the same rule
+        # for the caches' flights, the chat flights and the merged calls.
+        variants = cachekeys.Variants(config.vary_headers)
+        patience = config.follower_wait_seconds
+        self.responses = responses.ResponseCache(
+            config.cache, backend, variants=variants, patience=patience
+        )
+        self.embeddings_cache = embeddings.EmbeddingCache(
+            config.cache, backend, variants=variants, patience=patience
+        )
+        self.dispatcher = dispatching.Dispatcher(
+            config.batching, self.forward, variants=variants, patience=patience
+        )
         self.tenants = callers.Tenants(config.cache.tenant_header)
         self.deferral = deferral.Deferral(
             config,
@@ -117,14 +127,18 @@ class LLMRoutes:
         streaming: bool,
         body: bytes | None = None,
     ) -> Reply:
-        """Send the request (or `body` in its place); stream the answer back if it is a stream."""
+        """Send the request (or `body` in its place); stream the answer back if it is a stream.
+
+        An error to a streamed request comes back whole (it is a short JSON body, not SSE): so
+        it can be handed to the duplicates waiting on its flight, and its connection goes back
+        to the pool at once."""
         path = request.path[len(API_PREFIX) :]
         if request.query:
             path += "?" + request.query.decode("latin-1")
         sent = request.body if body is None else body
         call = await self.upstream.send(kind, request.method, path, caller.headers, sent)
         event_stream = call.headers.get("content-type", "").startswith("text/event-stream")
-        if streaming or event_stream:
+        if event_stream or (streaming and call.status < 400):
             return Reply(call.status, call.reply_headers(), stream=call.stream())
         data = await call.read(self.upstream.settings.timeout_seconds)
         return Reply(call.status, call.reply_headers(), data)

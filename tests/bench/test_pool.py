@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sluice.proxy import pool
+from bench import pool
 
 
 def test_a_released_object_is_reset_and_handed_out_again() -> None:
