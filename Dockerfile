@@ -60,7 +60,9 @@ RUN rm -rf /usr/local/bin/pip /usr/local/bin/pip3* /usr/local/bin/wheel \
     && echo 'nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin' >>/etc/passwd \
     && echo 'nonroot:x:65532:' >>/etc/group
 COPY --from=build /opt/sluice /opt/sluice
+# SLUICE_LOG_FORMAT: `sluice proxy` logs one JSON object a line unless told --log-format text.
 ENV PATH=/opt/sluice/bin:$PATH \
+    SLUICE_LOG_FORMAT=json \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # 65532 is the conventional "nonroot" id; the operator's pod specs name it too (runAsUser),

@@ -2,7 +2,8 @@
 # Set up everything the project needs on a fresh Debian machine, idempotently:
 #   hack/setup.sh          the Python environment (.venv) with the package and its dev tools
 #   hack/setup.sh --tests  also redis-server and redis-cli (for the cache tests: one node, a
-#                          Cluster, a Sentinel set), the Kubernetes control plane built from
+#                          Cluster, a Sentinel set), prometheus and promtool (for the metrics,
+#                          dashboard and alert tests), the Kubernetes control plane built from
 #                          Go modules (for the operator tests), and the image, built with
 #                          buildah (for tests/integration/test_image.py)
 # Re-running is cheap: each step checks what is already there.
@@ -39,10 +40,12 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+# prometheus (Debian's 2.42, with promtool) scrapes a real proxy and operator in the metrics
+# tests and evaluates the chart's dashboard queries and alert rules.
 # buildah builds and runs the image without a daemon; debootstrap makes its base where no
 # container registry can be reached (hack/image/base.sh).
 # redis-tools has redis-cli, which joins the test cluster (tests/support/redistopologies.py).
-apt_install redis-server redis-tools ca-certificates buildah debootstrap
+apt_install redis-server redis-tools prometheus ca-certificates buildah debootstrap
 # Go (≥ 1.26, as the project's machines have in /usr/local/go) builds the control plane;
 # Debian 12's golang-go is too old, so there is nothing to install: build.py says so if missing.
 

@@ -87,3 +87,26 @@ def test_invalid_operator_flags_exit_2_with_one_line_before_any_connection(
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert expected in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "expected"),
+    [
+        pytest.param({}, [], ("text", True), id="defaults"),
+        pytest.param({"SLUICE_LOG_FORMAT": "json"}, [], ("json", True), id="the-images-env"),
+        pytest.param({"SLUICE_LOG_FORMAT": "json"}, ["--log-format", "text"], ("text", True),
+                     id="flag-wins"),
+        pytest.param({}, ["--no-access-log"], ("text", False), id="no-access-log"),
+    ],
+)  # fmt: skip
+def test_log_format_and_access_log_flags(
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    argv: list[str],
+    expected: tuple[str, bool],
+) -> None:
+    monkeypatch.delenv("SLUICE_LOG_FORMAT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    args = parse(*argv)
+    assert (args.log_format, args.access_log) == expected

@@ -6,6 +6,7 @@ Bad input ends with exit code 2 and one line on stderr naming what is wrong, nev
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import re
 import sys
@@ -39,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--host", help="address to bind; overrides listen.host")
     proxy.add_argument("--port", type=int, help="port to serve on; overrides listen.port (8080)")
     proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    proxy.add_argument(
+        "--log-format",
+        default=os.environ.get("SLUICE_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text, or one JSON object a line (default: $SLUICE_LOG_FORMAT, else text)",
+    )
+    proxy.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log a line for every request answered (default: on)",
+    )
     proxy.set_defaults(run=run_proxy)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")
@@ -112,7 +125,11 @@ def run_proxy(args: argparse.Namespace) -> int:
     config = proxy_config(args)
     from sluice import proxy  # imported late: `sluice crds` should not pay for uvicorn/aiohttp
 
-    proxy.serve(config, log_level=args.log_level)
+    if args.log_format not in ("text", "json"):  # from $SLUICE_LOG_FORMAT: argparse checks flags
+        raise api.ConfigError(f"--log-format {args.log_format!r}: must be text or json")
+    proxy.serve(
+        config, log_level=args.log_level, log_format=args.log_format, access_log=args.access_log
+    )
     return 0
 
 

@@ -85,7 +85,8 @@ async def test_200_concurrent_embeddings_take_few_upstream_calls_and_each_gets_i
     assert await metric(proxy, "sluice_batch_size_count", **label) == len(calls)
     assert await metric(proxy, "sluice_batch_size_sum", **label) == 200
     assert await metric(proxy, "sluice_batch_wait_seconds_count", **label) == 200
-    assert await metric(proxy, "sluice_upstream_calls_saved_total", **label) == 200 - len(calls)
+    saved = {**label, "reason": "batched"}
+    assert await metric(proxy, "sluice_upstream_calls_saved_total", **saved) == 200 - len(calls)
     flushes = [
         await metric(proxy, "sluice_batch_flushes_total", endpoint="embeddings", reason=reason)
         for reason in ("size", "timeout", "shutdown")
@@ -289,7 +290,9 @@ async def test_identical_deterministic_chats_share_one_call_and_sampled_ones_do_
         sampled = await asyncio.gather(*(ask(c, 0.9) for _ in range(5)))
     assert len(simulator.calls_for("chat")) == 6
     assert len({a.choices[0].message.content for a in sampled}) == 5
-    saved = await metric(proxy, "sluice_upstream_calls_saved_total", endpoint="chat_completions")
+    saved = await metric(
+        proxy, "sluice_upstream_calls_saved_total", endpoint="chat_completions", reason="shared"
+    )
     assert saved == 4
 
 

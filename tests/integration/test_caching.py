@@ -413,7 +413,8 @@ async def test_fifty_concurrent_identical_misses_make_one_upstream_call(
         answers = await asyncio.gather(*[chat(c) for _ in range(40)], *streamed)
     assert len(simulator.calls_for("chat")) == 1
     assert len({text for _, text, _ in answers}) == 1
-    assert proxy.metric("sluice_upstream_calls_saved_total", endpoint="chat") == 49
+    saved = {"endpoint": "chat_completions", "reason": "shared"}
+    assert proxy.metric("sluice_upstream_calls_saved_total", **saved) == 49
     # One answer came from the call; the others were another request's flight, not the cache.
     assert sorted(result for result, _, _ in answers).count("miss") == 1
     assert {result for result, _, _ in answers} == {"miss", "shared"}

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from sluice.api import crds as generated
 from sluice.operator import metrics as operator_metrics
@@ -297,7 +298,9 @@ def test_a_network_policy_without_namespaces_is_refused_by_name(
 
 # The series a metric family exposes, by type; `_created` is turned off on both sides.
 SERIES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
-METRIC = re.compile(r"\bsluice_[a-z0-9_]+\b")
+METRIC = re.compile(r"\b(?:sluice|process|python)_[a-z0-9_]+\b")
+RUNTIME_PREFIXES = ("process_", "python_")
+"""prometheus_client's default collectors (process, GC), which both processes export."""
 
 
 def series_names(module: types.ModuleType) -> set[str]:
@@ -312,10 +315,22 @@ def series_names(module: types.ModuleType) -> set[str]:
     return names
 
 
+def runtime_series() -> set[str]:
+    """The series of prometheus_client's default process and GC collectors."""
+    return {
+        sample.name
+        for family in REGISTRY.collect()
+        if family.name.startswith(RUNTIME_PREFIXES)
+        for sample in family.samples
+    }
+
+
 def promql() -> list[Any]:
     """Every PromQL expression of the chart, with the series it may name: the dashboard's and
     the rules' (read from the template's text: it is a Go template, YAML only once rendered)."""
-    proxy, operator = series_names(proxy_metrics), series_names(operator_metrics)
+    runtime = runtime_series()
+    proxy = series_names(proxy_metrics) | runtime
+    operator = series_names(operator_metrics) | runtime
     dashboard = json.loads((CHART / "files/dashboards/sluice-proxies.json").read_text())
     found = [
         pytest.param(target["expr"], proxy, id=f"dashboard/{panel['title']}/{target['refId']}")
@@ -338,15 +353,37 @@ def test_each_promql_expression_of_the_chart_names_only_series_sluice_exports(
 ) -> None:
     """Pure, no cluster: a renamed metric or a missing `_total` shows here, not as a blank panel."""
     named = set(METRIC.findall(expression))
-    assert named, "no sluice metric in it"
+    assert named, "no metric of the proxies in it"
     assert named <= series, f"not exported: {sorted(named - series)}"
 
 
-def test_the_dashboard_has_an_mcp_row_and_the_rules_alert_on_mcp_servers() -> None:
+def test_the_dashboard_has_its_rows_and_the_rules_alert_on_mcp_servers() -> None:
     dashboard = json.loads((CHART / "files/dashboards/sluice-proxies.json").read_text())
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert "MCP" in rows
+    assert {"Traffic", "Upstream", "Batching", "Cache", "Tokens and cost", "MCP",
+            "Process"} <= set(rows)  # fmt: skip
     template = (CHART / "templates/proxies-prometheusrule.yaml").read_text()
     assert {"SluiceMCPServerDown", "SluiceToolCallFailureRate"} <= set(
         re.findall(r"- alert: (\S+)", template)
     )
+
+
+def test_the_dashboard_is_grafana_json_whose_panels_do_not_overlap() -> None:
+    """What Grafana's import checks and what a hand edit breaks: unique ids, a data source on
+    every query panel, panels on the 24-column grid without overlap."""
+    dashboard = json.loads((CHART / "files/dashboards/sluice-proxies.json").read_text())
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["uid"] == "sluice-proxies"
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])}  # fmt: skip
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"], panel["title"]

@@ -230,11 +230,11 @@ def test_index_entry_keys_a_policy_by_kind_namespace_and_name_with_its_servers()
         },
         "status": {"hitRatio": 0.9, "servers": "1/2", "endpoint": "http://t-mcp.n.svc:8080/mcp"},
     }
-    shown = {"hitRatio": 0.9, "servers": "1/2", "tools": None}
+    shown = {"hitRatio": 0.9, "callsSavedPerHour": None, "servers": "1/2", "tools": None}
     assert podmetrics.index_entry(body) == {
         ("ToolCachePolicy", "n", "t"): podmetrics.Known(shown, ("a", "b"))
     }
-    nothing = {"hitRatio": None, "servers": None, "tools": None}
+    nothing = {"hitRatio": None, "callsSavedPerHour": None, "servers": None, "tools": None}
     assert podmetrics.index_entry({**body, "status": None}) == {
         ("ToolCachePolicy", "n", "t"): podmetrics.Known(nothing, ("a", "b"))
     }
@@ -243,3 +243,40 @@ def test_index_entry_keys_a_policy_by_kind_namespace_and_name_with_its_servers()
 def test_index_entry_of_a_kind_without_servers_has_none() -> None:
     body = {"kind": "LLMBatchPolicy", "metadata": {"namespace": "n", "name": "o"}, "spec": {}}
     assert podmetrics.index_entry(body)[("LLMBatchPolicy", "n", "o")].servers is None
+
+
+SAVING_PAGE = """\
+# TYPE sluice_upstream_calls_saved_total counter
+sluice_upstream_calls_saved_total{endpoint="embeddings",reason="batched"} 30.0
+sluice_upstream_calls_saved_total{endpoint="chat_completions",reason="cached"} 20.0
+sluice_upstream_calls_saved_total{endpoint="chat_completions",reason="shared"} 0.0
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1000.0
+"""
+
+
+def test_parse_reads_the_calls_saved_by_every_reason_and_the_start_time() -> None:
+    page = podmetrics.parse(SAVING_PAGE, LLM_CACHES)
+    assert (page.saved, page.started) == (50.0, 1000.0)
+    assert podmetrics.parse(mcp_page({"a": 1}, {"a": 2}), MCP_CACHES).saved is None
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        pytest.param(1000.0 + 1800, 200, id="two-pods-half-an-hour-each"),
+        pytest.param(1000.0 + 5, 6000, id="a-young-pod-counts-as-a-minute-old"),
+    ],
+)
+def test_calls_saved_per_hour_is_each_pods_rate_since_its_start_summed(
+    now: float, expected: int
+) -> None:
+    pages = [podmetrics.parse(SAVING_PAGE, LLM_CACHES)] * 2
+    assert podmetrics.combine(pages, None, now)["callsSavedPerHour"] == expected
+
+
+def test_calls_saved_per_hour_is_left_out_without_the_series_or_the_time() -> None:
+    mcp = podmetrics.parse(mcp_page({"a": 1}, {"a": 2}), MCP_CACHES)
+    assert "callsSavedPerHour" not in podmetrics.combine([mcp], ("a",), 2000.0)
+    saving = podmetrics.parse(SAVING_PAGE, LLM_CACHES)
+    assert "callsSavedPerHour" not in podmetrics.combine([saving], None)

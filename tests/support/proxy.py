@@ -34,8 +34,15 @@ def free_port() -> int:
 class ProxyProcess:
     """One `sluice proxy --config FILE` process on a free loopback port."""
 
-    def __init__(self, config: dict[str, Any], workdir: pathlib.Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: pathlib.Path,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
+        self.args = args
         self.port = free_port()
         self.config_path = workdir / f"proxy-{self.port}.yaml"
         self.log_path = workdir / f"proxy-{self.port}.log"
@@ -66,6 +73,7 @@ class ProxyProcess:
             str(self.port),
             "--log-level",
             "warning",
+            *self.args,
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -139,8 +147,11 @@ class ProxyFactory:
         self.workdir = workdir
         self.started: list[ProxyProcess] = []
 
-    def __call__(self, config: dict[str, Any], env: dict[str, str] | None = None) -> ProxyProcess:
-        proxy = ProxyProcess(config, self.workdir, env or {})
+    def __call__(
+        self, config: dict[str, Any], env: dict[str, str] | None = None, *args: str
+    ) -> ProxyProcess:
+        """A started proxy; `args` go on its command line after the defaults."""
+        proxy = ProxyProcess(config, self.workdir, env or {}, args)
         self.started.append(proxy)
         return proxy.start()
 
@@ -151,7 +162,8 @@ class ProxyFactory:
 
 @pytest.fixture
 def start_proxy(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[ProxyFactory]:
-    """`start_proxy(config_dict, env=None) -> ProxyProcess`; logs are printed when a test fails."""
+    """`start_proxy(config_dict, env=None, *args) -> ProxyProcess`; logs are printed when a test
+    fails."""
     factory = ProxyFactory(tmp_path)
     yield factory
     factory.stop_all()

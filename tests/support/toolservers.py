@@ -5,6 +5,8 @@ a resource `<name>://readme`. A thin ASGI wrapper in front of each lets a test s
 over `/_control`, without touching the protocol the gateway sees:
 
     GET  /_control/stats   -> {"tools_list": N, "tools_call": N}   requests that reached it
+    GET  /_control/traced  -> {"tools_call": {"traceparent": ...}} the trace headers of each
+                                                                   method's last request
     POST /_control/mode    {"delay_ms": N, "fail": bool,           slow it down, make it 500,
                             "forget": bool}                        or 404 the next session request
     POST /_control/change  {"tool": NAME}                          add a tool and publish
@@ -89,6 +91,8 @@ class Control:
     forget: bool = False
     legacy: bool = False
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    traced: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    """By method: the request id and trace headers of its last request."""
 
 
 def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
@@ -113,6 +117,11 @@ def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
         method = json.loads(body or b"{}").get("method", "") if body else ""
         key = method.replace("/", "_")
         control.counts[key] = control.counts.get(key, 0) + 1
+        control.traced[key] = {
+            name.decode(): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in TRACE_HEADERS
+        }
         if control.fail and method != "subscriptions/listen":
             await reply(send, 500, b'{"error":"failing on purpose"}')
             return
@@ -148,11 +157,15 @@ def steered(server: MCPServer, app: ASGI, control: Control) -> ASGI:
             new = payload["tool"]
             server.add_tool(lambda: new, name=new, description="added by a test")
             await server._subscriptions.publish(ToolsListChanged())
+        elif scope["path"] == "/_control/traced":
+            await reply(send, 200, json.dumps(control.traced).encode())
+            return
         await reply(send, 200, json.dumps(control.counts).encode())
 
     return wrapped
 
 
+TRACE_HEADERS = frozenset({b"x-request-id", b"traceparent", b"tracestate"})
 LEGACY_REFUSAL = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request"}}'
 SESSION_NOT_FOUND = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
@@ -196,6 +209,13 @@ class ToolServer:
         with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=5) as r:
             counts: dict[str, int] = json.loads(r.read())
             return counts
+
+    def traced(self, method: str) -> dict[str, str]:
+        """The request id and trace headers of the last `method` request that reached it."""
+        url = f"http://127.0.0.1:{self.port}/_control/traced"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            found: dict[str, dict[str, str]] = json.loads(r.read())
+        return found.get(method.replace("/", "_"), {})
 
     def count(self, method: str) -> int:
         return self.control("stats").get(method.replace("/", "_"), 0)

@@ -398,8 +398,12 @@ class PolicyStatus(Model):
 
 
 class LLMBatchPolicyStatus(PolicyStatus):
-    """What the operator made of the policy, and where its deferred jobs live."""
+    """What the operator made of the policy, what its proxies' metrics say it saved, and where its
+    deferred jobs live."""
 
+    calls_saved_per_hour: int | None = Field(default=None, ge=0)
+    """Upstream calls the proxies saved (batched, cached, shared) per hour, each ready pod's
+    since it started, summed; unset until the pods have been read."""
     deferred_store: Literal["redis", "memory"] | None = None
     """Where deferred mode keeps pending items, job ids and results: `redis` (shared by the
     replicas, kept across restarts) or `memory` (works on one replica only: a job is known only

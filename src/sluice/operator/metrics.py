@@ -12,6 +12,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
 
+from sluice.api import policies
+
 # `_created` series double the exposition for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
@@ -24,6 +26,12 @@ reconciles = Counter(
     "error: the API server refused or failed).",
     ["kind", "trigger", "result"],
 )
+TRIGGERS = ("policy", "child", "timer")
+# Zero from the start, so the chart's SluiceOperatorReconcileErrors (a rate of `result="error"`)
+# reads 0 before the first error, not an absent series.
+for _kind in policies.KINDS:
+    for _trigger in TRIGGERS:
+        reconciles.labels(_kind, _trigger, "error")
 reconcile_duration = Histogram(
     "sluice_operator_reconcile_duration_seconds",
     "Time of one reconcile, from reading the policy to writing its status.",

@@ -2,8 +2,9 @@
 
 Every policy gets `hitRatio`: hits over look-ups of `sluice_cache_requests_total` (a `result`
 other than `bypass`, which was no look-up) for the `cache` labels of its kind
-(`policies.Kind.caches`), summed over the ready pods since they started. A ToolCachePolicy also
-gets `servers` (`ready/total`, from `sluice_mcp_upstream_up`) and `tools` (from
+(`policies.Kind.caches`), summed over the ready pods since they started. An LLMBatchPolicy
+also gets `callsSavedPerHour` (`sluice_upstream_calls_saved_total` over each pod's uptime), a
+ToolCachePolicy gets `servers` (`ready/total`, from `sluice_mcp_upstream_up`) and `tools` (from
 `sluice_mcp_tools`); `combine()` says how the pods' views make one. `kubectl get` shows them;
 Prometheus and the chart's dashboard remain the place for their history.
 
@@ -22,6 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,12 +35,21 @@ from sluice.operator import kube, metrics, proxyconfig, resources
 
 Key = tuple[str, str, str]  # kind, namespace, name
 CONCURRENT_POLICIES = 8
-FIELDS = ("hitRatio", "servers", "tools")  # the status fields this module writes
+FIELDS = (
+    "hitRatio",
+    "callsSavedPerHour",
+    "servers",
+    "tools",
+)  # the status fields this module writes
 log = logging.getLogger(__name__)
 
 # Matched by sample name: the family name loses `_total` only when a TYPE line says counter.
 CACHE_REQUESTS = "sluice_cache_requests_total"
 NOT_A_LOOKUP = "bypass"
+CALLS_SAVED = "sluice_upstream_calls_saved_total"
+STARTED = "process_start_time_seconds"
+MIN_UPTIME_SECONDS = 60.0
+"""A pod younger than this counts as this old: a rate from seconds of uptime is noise."""
 UPSTREAM_UP = "sluice_mcp_upstream_up"
 TOOLS = "sluice_mcp_tools"
 
@@ -63,6 +74,11 @@ class Page:
     is absent."""
     tools: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """By server: tools in this pod's last good list of it."""
+    saved: float | None = None
+    """Upstream calls saved since the pod started (every reason); None on a page without the
+    series (an MCP gateway's)."""
+    started: float | None = None
+    """When the pod's process started (Unix seconds)."""
 
 
 def parse(exposition: str, caches: Collection[str]) -> Page:
@@ -71,6 +87,7 @@ def parse(exposition: str, caches: Collection[str]) -> Page:
     Raises ValueError for a page that is no Prometheus text exposition.
     """
     hits = lookups = 0.0
+    saved = started = None
     up: dict[str, bool] = {}
     tools: dict[str, int] = {}
     for family in text_string_to_metric_families(exposition):
@@ -80,17 +97,25 @@ def parse(exposition: str, caches: Collection[str]) -> Page:
                 if (result := labels.get("result")) != NOT_A_LOOKUP:
                     lookups += sample.value
                     hits += sample.value if result == "hit" else 0.0
+            elif sample.name == CALLS_SAVED and math.isfinite(sample.value):
+                saved = (saved or 0.0) + sample.value
+            elif sample.name == STARTED and math.isfinite(sample.value):
+                started = sample.value
             elif sample.name == UPSTREAM_UP and "server" in labels:
                 up[labels["server"]] = sample.value == 1
             elif sample.name == TOOLS and "server" in labels and math.isfinite(sample.value):
                 tools[labels["server"]] = int(sample.value)
-    return Page(hits, lookups, up, tools)
+    return Page(hits, lookups, up, tools, saved, started)
 
 
-def combine(pages: Sequence[Page], servers: Sequence[str] | None) -> dict[str, Any]:
+def combine(
+    pages: Sequence[Page], servers: Sequence[str] | None, now: float | None = None
+) -> dict[str, Any]:
     """The status fields the pods' pages support, as camelCase JSON; empty without pages.
 
-    `hitRatio` (to three places) is left out before any look-up. With `servers` (the spec's
+    `hitRatio` (to three places) is left out before any look-up. Given `now`,
+    `callsSavedPerHour` is each pod's calls saved over its uptime, summed (the pods share the
+    traffic), from the pods that export both. With `servers` (the spec's
     names; pods may still report one that was removed, which does not count), a server is up
     when every pod that has contacted it finds it up: a caller may land on any pod, so one pod
     that cannot reach the server fails some callers. Its tools are the most any pod holds, so
@@ -102,11 +127,19 @@ def combine(pages: Sequence[Page], servers: Sequence[str] | None) -> dict[str, A
     lookups = sum(page.lookups for page in pages)
     if lookups:
         fields["hitRatio"] = round(sum(page.hits for page in pages) / lookups, 3)
+    rated = [p for p in pages if p.saved is not None and p.started is not None]
+    if now is not None and rated:
+        fields["callsSavedPerHour"] = round(sum(calls_per_hour(p, now) for p in rated))
     if servers is not None:
         ready = sum(server_up(pages, server) for server in servers)
         fields["servers"] = f"{ready}/{len(servers)}"
         fields["tools"] = sum(max(p.tools.get(server, 0) for p in pages) for server in servers)
     return fields
+
+
+def calls_per_hour(page: Page, now: float) -> float:
+    saved, started = page.saved or 0.0, page.started or now
+    return saved * 3600 / max(now - started, MIN_UPTIME_SECONDS)
 
 
 def server_up(pages: Sequence[Page], server: str) -> bool:
@@ -168,7 +201,7 @@ async def refresh(
     selector = resources.label_selector(kind, name)
     pods = await client.list(kube.path("v1", "Pod", namespace), selector)
     pages = await scrape(session, pod_urls(pods), policies.KINDS[kind].caches)
-    fields = combine(pages, known.servers)
+    fields = combine(pages, known.servers, time.time())
     if changed := {f: value for f, value in fields.items() if known.shown.get(f) != value}:
         url_path = kube.path(policies.API_VERSION, kind, namespace, name)
         await client.patch_status(url_path, changed)

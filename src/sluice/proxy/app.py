@@ -21,9 +21,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sluice.api import CacheConfig, PoolSettings, ProxyConfig
-from sluice.proxy import admin, metrics, sampler
+from sluice.proxy import admin, logs, metrics, sampler
 from sluice.proxy.cache import backends, store
-from sluice.proxy.http import errors, paths
+from sluice.proxy.http import errors, paths, tracing
 from sluice.proxy.http.asgi import (
     CLIENT_CLOSED,
     Receive,
@@ -37,7 +37,7 @@ from sluice.proxy.http.asgi import (
     send_reply,
     until_hangup,
 )
-from sluice.proxy.llm import client, routes
+from sluice.proxy.llm import client, dispatching, responses, routes
 from sluice.proxy.llm.deferred import JOBS_PREFIX, jobstore
 from sluice.proxy.mcp import gateway, transport
 from sluice.proxy.upstream import sessions
@@ -58,8 +58,15 @@ class State(enum.Enum):
 class ProxyApp:
     """The proxy as one ASGI callable; `lifespan` opens and closes its pools."""
 
-    def __init__(self, config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        access_log: logs.AccessLog | None = None,
+    ) -> None:
         self.config = config
+        self.access_log = access_log
         self.state = State.STARTING
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
@@ -123,14 +130,17 @@ class ProxyApp:
         started = time.perf_counter()
         method = scope["method"]
         route, handler = self.resolve(method, scope["path"])
+        request_id = tracing.adopt(scope["headers"])
         self.in_flight += 1
         task = asyncio.current_task()
         if task is not None:
             self._requests.add(task)
         status, replying = 500, False
+        reply: Reply | None = None
         try:
             reply = await self.answer(route, handler, scope, receive)
             status, replying = reply.status, True
+            reply.headers = tracing.with_request_id(reply.headers, request_id)
             await send_reply(send, reply, receive, chunked=scope["http_version"] != "1.0")
         except asyncio.CancelledError:
             if not self.cutting or task is None:
@@ -149,9 +159,39 @@ class ProxyApp:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            counted, timed = self.accounts(route, method if method in METHODS else "OTHER", status)
+            method = method if method in METHODS else "OTHER"
+            counted, timed = self.accounts(route, method, status)
             counted.inc()
-            timed.observe(time.perf_counter() - started)
+            duration = time.perf_counter() - started
+            timed.observe(duration)
+            if self.access_log is not None:
+                self.log_access(request_id, route, method, status, duration, reply)
+
+    def log_access(
+        self,
+        request_id: bytes,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        reply: Reply | None,
+    ) -> None:
+        cache = batch = None
+        for key, value in reply.headers if reply is not None else ():
+            if key == responses.HEADER:
+                cache = value.decode("latin-1")
+            elif key == dispatching.BATCH_HEADER:
+                batch = value.decode("latin-1")
+        assert self.access_log is not None
+        self.access_log.add({
+            "request_id": request_id.decode("latin-1"),
+            "route": route,
+            "method": method,
+            "status": status,
+            "duration_seconds": round(duration, 6),
+            "cache": cache,
+            "batch": batch,
+        })  # fmt: skip
 
     def accounts(self, route: str, method: str, status: int) -> Accounts:
         """The request counter and timer of one route, method and status, bound once: `.labels()`
@@ -171,6 +211,9 @@ class ProxyApp:
             request = await read_request(scope, receive, self.config.listen.max_body_bytes)
             # A caller that hangs up cancels its work: its upstream call is closed, its batch
             # input taken out, its flight left (which goes on for the others who wait on it).
+            if route == "mcp":
+                # MCP requests are built anew for each server: they take the trace from here.
+                tracing.current.set(tracing.passed(request.headers))
             reply = await until_hangup(handler(request), receive)
             return reply if reply is not None else Reply(CLIENT_CLOSED, [])
         except errors.ProxyError as e:
@@ -283,6 +326,8 @@ class ProxyApp:
             await self.cache.close()
         if self.tool_cache is not None:
             await self.tool_cache.close()
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.state.value} upstream={self.upstream!r}>"

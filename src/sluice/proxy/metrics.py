@@ -3,9 +3,10 @@
 Names use base units and `_total` for counters; label values come from small fixed sets (route
 names, endpoint kinds, status codes, configured upstream hosts), never from callers' input.
 
-The three metrics every request touches (`http_requests`, `http_duration`, `cache_requests`) are
-`LoopCounter`/`LoopHistogram` below rather than prometheus_client's classes: the same exposition
-at a fraction of the cost, see their docstring. `http_in_flight` is read from the app at scrape
+The metrics every request touches (`http_requests`, `http_duration`, `cache_requests`, and on a
+cache hit `upstream_calls_saved`, `llm_tokens_saved`) are `LoopCounter`/`LoopHistogram` below
+rather than prometheus_client's classes: the same exposition at a fraction of the cost, see
+their docstring. `http_in_flight` is read from the app at scrape
 time (`ProxyApp.startup`) rather than counted up and down.
 """
 
@@ -167,6 +168,12 @@ llm_tokens = Counter(
     "Tokens the upstream reported in `usage`, by endpoint kind and type.",
     ["endpoint", "type"],
 )
+llm_tokens_saved = LoopCounter(
+    "sluice_llm_tokens_saved_total",
+    "Tokens of answers served without an upstream call (from the cache, or shared with an "
+    "identical call in flight), as their `usage` reported them, by endpoint kind and type.",
+    ["endpoint", "type"],
+)
 llm_retries = Counter(
     "sluice_llm_retries_total",
     "Upstream calls retried, by endpoint kind and reason.",
@@ -206,10 +213,12 @@ batches_in_flight = Gauge(
     "Batches being processed now (a call that goes alone counts as one), by endpoint kind.",
     ["endpoint"],
 )
-upstream_calls_saved = Counter(
+upstream_calls_saved = LoopCounter(
     "sluice_upstream_calls_saved_total",
-    "Upstream calls avoided by coalescing or sharing requests, by endpoint kind.",
-    ["endpoint"],
+    "Upstream calls avoided, by endpoint kind and reason: batched (coalesced into another "
+    "caller's call), cached (answered from the cache), shared (an identical call in flight "
+    "answered it).",
+    ["endpoint", "reason"],
 )
 batch_rejected = Counter(
     "sluice_batch_rejected_total",
@@ -253,6 +262,11 @@ pool_connections = Gauge(
     "sluice_pool_connections",
     "Upstream connections, by pool client and state (in_use, idle).",
     ["pool", "client", "state"],
+)
+pool_limit = Gauge(
+    "sluice_pool_connection_limit",
+    "Most upstream connections a pool client may open (its `maxConnections`).",
+    ["pool", "client"],
 )
 pool_waiting = Gauge(
     "sluice_pool_waiting_requests",

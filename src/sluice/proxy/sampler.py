@@ -53,6 +53,7 @@ class Sampler:
                 metrics.pool_connections.labels(pool.name, client, "in_use").set(in_use)
                 metrics.pool_connections.labels(pool.name, client, "idle").set(idle)
                 metrics.pool_waiting.labels(pool.name, client).set(connector.waiting_count())
+                metrics.pool_limit.labels(pool.name, client).set(connector.limit)
 
     def __repr__(self) -> str:
         return f"<Sampler interval={self.interval:g}s running={self._task is not None}>"

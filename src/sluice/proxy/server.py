@@ -19,17 +19,16 @@ were ~15% of the proxy's CPU; cache hits make no garbage the collector has to fi
 from __future__ import annotations
 
 import gc
-import logging
 import socket
 from types import FrameType
 
 import uvicorn
 
 from sluice.api import ProxyConfig
+from sluice.proxy import logs
 from sluice.proxy.app import ProxyApp
 from sluice.proxy.http import guard
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CUT_SECONDS = 1.0
 """Of the shutdown grace, the end kept for answering what is still in flight (at most a quarter)."""
 GC_THRESHOLDS = (10_000, 20, 20)
@@ -79,10 +78,12 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(config: ProxyConfig, log_level: str = "info") -> None:
+def serve(
+    config: ProxyConfig, log_level: str = "info", log_format: str = "text", access_log: bool = True
+) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
-    app = ProxyApp(config)
+    logs.configure(log_level, log_format)
+    app = ProxyApp(config, access_log=logs.AccessLog(log_format) if access_log else None)
     listen = config.listen
     limits = guard.Limits(
         listen.header_timeout_seconds, listen.body_timeout_seconds, listen.max_header_bytes
@@ -100,6 +101,7 @@ def serve(config: ProxyConfig, log_level: str = "info") -> None:
         # rewrites them from X-Forwarded-* parses the peer's IP address on every request.
         proxy_headers=False,
         log_level=log_level,
+        log_config=None,  # keep `logs.configure`'s handler (JSON or text) for uvicorn's records
         # What is left in flight when uvicorn shuts down was cut and answered by `drain`.
         timeout_graceful_shutdown=1,
     )

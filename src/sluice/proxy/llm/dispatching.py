@@ -14,7 +14,9 @@
 Every caller's `Reply` looks like the upstream's answer to that caller alone, so the cache layer
 above stores it as such. Callers must pass a `request` whose body is the JSON of `payload`: a
 request that goes alone is sent as its bytes, unparsed. Response headers of a merged call
-(`x-request-id`, rate limits) go to every caller of it: they describe the call that answered them.
+(the upstream's request id, rate limits) go to every caller of it: they describe the call that
+answered them. A merged call has an id of its own: sent upstream as its `x-request-id`, and to
+each of its callers as `x-sluice-batch` (and so in their access log lines).
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ import orjson
 from sluice.api import BatchingSettings
 from sluice.proxy import metrics
 from sluice.proxy.cache import flights
-from sluice.proxy.http import errors
+from sluice.proxy.http import errors, tracing
 from sluice.proxy.http.asgi import Reply, Request, error_reply
 from sluice.proxy.http.callers import Caller
-from sluice.proxy.llm import batching, batchqueue, cachekeys, coalescing
+from sluice.proxy.llm import batching, batchqueue, cachekeys, coalescing, usage
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS, COMPLETIONS, CHAT = "embeddings", "completions", "chat_completions"
 SPLIT_STATUSES = frozenset({400, 413, 422})
 """Answers that can be about one input; 401/404/429 are about the call, so everyone gets them."""
+BATCH_HEADER = b"x-sluice-batch"
 BILLING_HEADERS = ("api-key", "openai-organization", "openai-project")
 """Besides `Authorization`, headers that pick who the upstream bills (Azure's key, org, project)."""
 
@@ -104,7 +107,10 @@ class Dispatcher:
             for kind in (EMBEDDINGS, COMPLETIONS, CHAT)
         }
         self.flights: flights.Flights[Hashable, Reply] = flights.Flights()
-        self._saved = {kind: metrics.upstream_calls_saved.labels(kind) for kind in self.limiters}
+        self._batched = {
+            kind: metrics.upstream_calls_saved.labels(kind, "batched") for kind in self.limiters
+        }
+        self._shared = metrics.upstream_calls_saved.labels(CHAT, "shared")
 
     def _limits(self, size: int, wait: float, cost: float = float("inf")) -> batchqueue.Limits:
         s = self.settings
@@ -172,7 +178,9 @@ class Dispatcher:
             reply = copy(await self.flights.wait(flight, self.patience))
         except flights.AbandonedError:
             return await self._alone(CHAT, request, caller, streaming=False)
-        self._saved[CHAT].inc()
+        self._shared.inc()
+        if reply.status == 200:
+            usage.saved(CHAT, reply.body)
         reply.headers.append((cachekeys.HEADER, b"shared"))
         return reply
 
@@ -237,7 +245,7 @@ class Dispatcher:
     ) -> list[Reply]:
         replies, calls = await self._send(kind, field, parts, split)
         if len(parts) > calls:
-            self._saved[kind].inc(len(parts) - calls)
+            self._batched[kind].inc(len(parts) - calls)
         return replies
 
     async def _send(
@@ -245,16 +253,16 @@ class Dispatcher:
     ) -> tuple[list[Reply], int]:
         """An answer per part, and how many upstream calls it took."""
         first = parts[0]
-        # One part is sent as its caller wrote it, and answered as the upstream answered it.
-        body = first.request.body if len(parts) == 1 else merged(first, field, parts)
-        try:
-            reply = await self.forward(
-                kind, first.request, first.caller, streaming=False, body=body
-            )
-        except errors.ProxyError as e:
-            reply = error_reply(e)
         if len(parts) == 1:
-            return [reply], 1
+            # One part is sent as its caller wrote it, and answered as the upstream answered it.
+            return [await self._forward(kind, first.request, first.caller)], 1
+        batch = tracing.new_id()
+        caller = dataclasses.replace(
+            first.caller, headers={**first.caller.headers, "x-request-id": batch.decode()}
+        )
+        body = merged(first, field, parts)
+        reply = await self._forward(kind, first.request, caller, body)
+        reply.headers.append((BATCH_HEADER, batch))
         if reply.status == 200:
             return divided(reply, parts, split), 1
         if reply.status not in SPLIT_STATUSES:
@@ -266,6 +274,14 @@ class Dispatcher:
             self._send(kind, field, parts[half:], split),
         )
         return left + right, 1 + a + b
+
+    async def _forward(
+        self, kind: str, request: Request, caller: Caller, body: bytes | None = None
+    ) -> Reply:
+        try:
+            return await self.forward(kind, request, caller, streaming=False, body=body)
+        except errors.ProxyError as e:
+            return error_reply(e)
 
     def __repr__(self) -> str:
         return f"<Dispatcher {self.batchers} chat {self.flights!r}>"

@@ -34,7 +34,7 @@ from sluice.proxy import metrics
 from sluice.proxy.cache import flights, keyspace, store
 from sluice.proxy.http import errors
 from sluice.proxy.http.asgi import Reply, Request
-from sluice.proxy.llm import cachekeys, coalescing, responses
+from sluice.proxy.llm import cachekeys, coalescing, dispatching, responses
 
 Item = coalescing.Item
 
@@ -48,6 +48,8 @@ class Gathered:
     model: str | None = None
     oldest: float | None = None
     fetched: bool = False
+    batch: bytes | None = None
+    """The id of a merged upstream call that brought some of the vectors (`x-sluice-batch`)."""
     shared: bool = False
 
 
@@ -58,6 +60,7 @@ class Fetched:
     vectors: dict[str, bytes]
     tokens: int
     model: str | None
+    batch: bytes | None = None
 
 
 Flight = Fetched | Reply
@@ -88,6 +91,7 @@ class EmbeddingCache:
             result: metrics.cache_requests.labels("embeddings", result)
             for result in ("hit", "miss", "bypass")
         }
+        self._saved = metrics.upstream_calls_saved.labels("embeddings", "cached")
 
     async def answer(
         self,
@@ -167,6 +171,7 @@ class EmbeddingCache:
                 gathered.vectors.update(outcome.vectors)
                 gathered.tokens += outcome.tokens
                 gathered.model = outcome.model or gathered.model
+                gathered.batch = outcome.batch or gathered.batch
                 gathered.fetched = True
             for flight in set(followed.values()):
                 try:
@@ -215,7 +220,8 @@ class EmbeddingCache:
         fresh = dict(zip(led, vectors, strict=True))
         if write:
             await self.save(fresh)
-        return Fetched(fresh, _prompt_tokens(answer), answer.get("model"))
+        batch = next((v for k, v in reply.headers if k == dispatching.BATCH_HEADER), None)
+        return Fetched(fresh, _prompt_tokens(answer), answer.get("model"), batch)
 
     async def save(self, fresh: dict[str, bytes]) -> None:
         now = self.clock()
@@ -243,7 +249,11 @@ class EmbeddingCache:
             if gathered.shared
             else b"hit"
         )
+        if result == b"hit":
+            self._saved.inc()
         headers = [responses.JSON_TYPE, (responses.HEADER, result)]
+        if gathered.batch is not None:
+            headers.append((dispatching.BATCH_HEADER, gathered.batch))
         if result == b"hit" and gathered.oldest is not None:
             headers.append((b"age", b"%d" % max(0, int(self.clock() - gathered.oldest))))
         return Reply(200, headers, body)

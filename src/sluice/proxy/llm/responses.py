@@ -21,10 +21,10 @@ Sits between the handlers of `routes.LLMRoutes` and the dispatcher (the batching
 * A follower waits on a flight for `llm.followerWaitSeconds` at most, then makes its own call;
   the flight is cancelled (its upstream call closed) when every caller waiting on it has left.
 * Only the body is stored, never the upstream's headers: a hit sends `content-type`,
-  `x-sluice-cache`, `age` and `content-length` (uvicorn adds `date`). The upstream's `date`,
-  `server`, `x-request-id`, rate-limit and processing-time headers described the original call,
-  and would be stale or wrong on a replay; the openai SDK reads `x-request-id` into
-  `_request_id` and leaves it None when absent. A miss carries the upstream's headers as sent.
+  `x-sluice-cache`, `age` and `content-length` (uvicorn adds `date`, the app `x-request-id`).
+  The upstream's `date`, `server`, request id, rate-limit and processing-time headers described
+  the original call, and would be stale or wrong on a replay. A miss carries the upstream's
+  headers as sent (its request id as `x-upstream-request-id`, `http.tracing`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ from sluice.proxy import metrics
 from sluice.proxy.cache import flights, keyspace, store
 from sluice.proxy.http import asgi, errors
 from sluice.proxy.http.asgi import Headers, Reply, Request
-from sluice.proxy.llm import cachekeys, replay
+from sluice.proxy.llm import cachekeys, replay, usage
 
 HEADER = cachekeys.HEADER
 JSON_TYPE = (b"content-type", b"application/json")
 SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+ENDPOINTS = {"chat": "chat_completions", "completions": "completions"}
+"""The cache's kinds as the upstream metrics name their endpoints."""
 
 
 Fetch = Callable[[Request, dict[str, Any]], Awaitable[Reply]]
@@ -103,6 +105,11 @@ class ResponseCache:
             for kind in self.ttls
             for result in ("hit", "miss", "bypass")
         }
+        self._saved = {
+            (kind, reason): metrics.upstream_calls_saved.labels(ENDPOINTS[kind], reason)
+            for kind in self.ttls
+            for reason in ("cached", "shared")
+        }
 
     async def answer(
         self, kind: str, request: Request, tenant: str, payload: dict[str, Any], fetch: Fetch
@@ -129,6 +136,7 @@ class ResponseCache:
                 entry = Entry.unpack(value)
                 if entry.serves(streamed, include_usage):
                     self._counters[kind, "hit"].inc()
+                    self.saved(kind, "cached", entry)
                     return self.render(kind, entry, streamed, include_usage, b"hit")
             self._counters[kind, "miss"].inc()
         if not (read and write):
@@ -177,7 +185,7 @@ class ResponseCache:
                 headers = [h for h in shared.headers if h[0] != HEADER]
                 return tagged(Reply(shared.status, headers, shared.body), b"shared")
             if shared is not None and shared.serves(streamed, include_usage):
-                metrics.upstream_calls_saved.labels(kind).inc()
+                self.saved(kind, "shared", shared)
                 return self.render(kind, shared, streamed, include_usage, b"shared", age=False)
 
     async def fly(
@@ -241,6 +249,12 @@ class ResponseCache:
         # A failure is counted and logged by the backend; the answer goes out all the same.
         with contextlib.suppress(store.UnavailableError):
             await self.store.set(key, value, self.ttls[kind])  # type: ignore[union-attr]
+
+    def saved(self, kind: str, reason: str, entry: Entry) -> None:
+        """Count the upstream call, and its tokens, that an answer without one saved."""
+        self._saved[kind, reason].inc()
+        if entry.flags & store.HAS_USAGE:
+            usage.saved(ENDPOINTS[kind], entry.body)
 
     def render(
         self,

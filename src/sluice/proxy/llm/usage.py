@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from sluice.proxy import metrics
 from sluice.proxy.http import sse
 
 Usage = tuple[int, int]
@@ -52,3 +53,15 @@ class StreamScanner:
         for line in lines.split(b"\n"):
             if line.startswith(b"data:") and b'"usage"' in line:
                 self.usage = from_body(line) or self.usage
+
+
+def saved(endpoint: str, body: bytes) -> None:
+    """Count the tokens of an answer served without an upstream call (a hit, a shared call)."""
+    counts = from_body(body)
+    if counts is None:
+        return
+    prompt, completion = counts
+    if prompt:
+        metrics.llm_tokens_saved.labels(endpoint, "prompt").inc(prompt)
+    if completion:
+        metrics.llm_tokens_saved.labels(endpoint, "completion").inc(completion)

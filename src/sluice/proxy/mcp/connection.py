@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from sluice.proxy import metrics, tasks
-from sluice.proxy.http import errors
+from sluice.proxy.http import errors, tracing
 from sluice.proxy.mcp import clients, jsonrpc
 from sluice.proxy.upstream import sessions
 
@@ -292,6 +292,8 @@ class HTTPConnection:
     ) -> dict[str, str]:
         headers = {
             **self.headers,
+            # The request id and trace context of the caller's request this call serves, if any.
+            **tracing.current.get(),
             "content-type": "application/json",
             "accept": "application/json, text/event-stream",
         }
