@@ -11,8 +11,8 @@ pytest_plugins = [
     "tests.support.simulator",
     "tests.support.proxy",
     "tests.support.redis",
-    "tests.support.redistopologies",
     "tests.support.controlplane",
+    "tests.support.redistopologies",  # after controlplane, whose free_ports it uses
     "tests.support.toolservers",
     "tests.support.mcp",
     "tests.support.image",

@@ -28,6 +28,8 @@ from tests.support.toolservers import ToolServer
 pytestmark = pytest.mark.integration
 
 CHAT_MODEL = "gpt-4o-mini"
+ADMIN_TOKEN = "topology-admin"
+ADMIN_ENV = {"ADMIN_TOKEN": ADMIN_TOKEN}
 EMBED_MODEL = "text-embedding-3-small"
 RECOVERY_SECONDS = 40.0
 """Failover (about 2 s here) plus the breaker's longest cooldown (10 s), with room for a slow CI."""
@@ -64,9 +66,9 @@ def llm_proxy(start_proxy: ProxyFactory, simulator: Simulator, topology: Topolog
             "batching": {"enabled": False},
             "cache": topology.cache(),
         },
-        "admin": {"port": free_port()},
+        "admin": admin_section(),
     }
-    return start_proxy(config, env=topology.env())
+    return start_proxy(config, env={**topology.env(), **ADMIN_ENV})
 
 
 def client(proxy: ProxyProcess, key: str = "sk-alice") -> openai.AsyncOpenAI:
@@ -81,12 +83,17 @@ async def chat(c: openai.AsyncOpenAI, content: str, model: str = CHAT_MODEL) -> 
     return raw.headers["x-sluice-cache"], raw.parse().choices[0].message.content or ""
 
 
+def admin_section() -> dict[str, Any]:
+    """The admin API on a free port, behind a token: without one it refuses every call."""
+    return {"port": free_port(), "tokenEnv": "ADMIN_TOKEN"}
+
+
 def admin(proxy: ProxyProcess, path: str, body: dict[str, Any]) -> Any:
     port = proxy.config["admin"]["port"]
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/admin/{path}",
         data=orjson.dumps(body),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
@@ -132,7 +139,7 @@ async def test_two_gateway_replicas_share_mcp_lists_and_an_invalidation(
         "cache": topology.cache(),
     }
     one, two = (
-        start_proxy({"mcp": section, "admin": {"port": free_port()}}, topology.env())
+        start_proxy({"mcp": section, "admin": admin_section()}, {**topology.env(), **ADMIN_ENV})
         for _ in range(2)
     )
     names = []

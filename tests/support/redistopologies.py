@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.controlplane import free_ports
 from tests.support.proxy import free_port
 from tests.support.redis import RedisServer
 
@@ -209,36 +210,44 @@ def redis_cluster(tmp_path: pathlib.Path) -> Iterator[RedisClusterSet]:
     """A fresh three-primary Redis Cluster (with a replica each) for one test."""
     server = binary("redis-server", "redis-server")
     cli = binary("redis-cli", "redis-tools")
-    nodes = []
-    for _ in range(6):
-        port, bus = free_port(), free_port()
-        nodes.append(
-            RedisServer(
-                server,
-                tmp_path,
-                port,
-                extra=[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    str(bus),
-                    "--cluster-config-file",
-                    str(tmp_path / f"nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    # Replicas take over however long they were cut off: tests kill at will.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                ],
-            )
-        )
-    cluster = RedisClusterSet(nodes)
+    cluster = RedisClusterSet([])
     try:
-        for node in nodes:
-            node.start()
+        cluster.nodes.extend(start_cluster_node(server, tmp_path) for _ in range(6))
         yield cluster.create(cli)
     finally:
         cluster.stop()
+
+
+def start_cluster_node(server: str, tmp_path: pathlib.Path, attempts: int = 3) -> RedisServer:
+    """A started cluster node on two free ports (client and bus). A port found free can be
+    taken before the node binds it (by another process's outgoing connection), so a node that
+    cannot bind tries again on new ports."""
+    for attempt in range(1, attempts + 1):
+        port, bus = free_ports(2)
+        node = RedisServer(server, tmp_path, port, extra=cluster_node_options(port, bus, tmp_path))
+        try:
+            return node.start()
+        except RuntimeError:
+            node.stop()
+            if attempt == attempts or "Address already in use" not in node.log():
+                raise
+    raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+
+def cluster_node_options(port: int, bus: int, tmp_path: pathlib.Path) -> list[str]:
+    return [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        str(bus),
+        "--cluster-config-file",
+        str(tmp_path / f"nodes-{port}.conf"),
+        "--cluster-node-timeout",
+        "1000",
+        # Replicas take over however long they were cut off: tests kill at will.
+        "--cluster-replica-validity-factor",
+        "0",
+    ]
 
 
 @pytest.fixture
