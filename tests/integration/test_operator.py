@@ -669,10 +669,27 @@ def reconciles(operator: op.OperatorProcess, trigger: str) -> float:
     return total
 
 
+def terminating_namespaces(plane: cp.ControlPlane) -> list[str]:
+    listing = plane.kubectl(
+        "get",
+        "namespaces",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+    ).stdout
+    return [
+        name
+        for name, _, phase in (n.partition("=") for n in listing.split())
+        if phase == "Terminating"
+    ]
+
+
 def test_child_events_without_drift_cause_no_reconcile(
     operator: op.OperatorProcess, namespace: str
 ) -> None:
     plane = operator.plane
+    # The counter is the operator's, for every policy: earlier tests' namespaces, still being
+    # deleted, take their children first and so cause drift reconciles of their own.
+    op.wait_for("earlier namespaces gone", lambda: not terminating_namespaces(plane))
     before = reconciles(operator, "child")
     op.apply(plane, namespace, op.llm_policy("quiet"))
     op.ready_policy(plane, namespace, "lbp", "quiet")
