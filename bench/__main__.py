@@ -72,20 +72,20 @@ def uncached(sim: str, plan: Plan) -> list[Scenario]:
             step(f"chat pass-through, {clients} clients")
             out.append(scenarios.passthrough(clients, systems, plan, sim))
         step("streamed chat")
-        scenarios.configure(sim, stream_chunk_delay_ms=2)
+        common.configure_simulator(sim, stream_chunk_delay_ms=2)
         streamers = {"direct": None, "sluice": ours, "litellm": lite}
         out.append(scenarios.streaming(streamers, plan, sim))
         step("memory, 1,000 in flight")
-        scenarios.configure(sim, stream_chunk_delay_ms=0, latency_ms=4000)
+        common.configure_simulator(sim, stream_chunk_delay_ms=0, latency_ms=4000)
         out.append(scenarios.memory({"sluice": ours, "litellm": lite}))
         step("embeddings")
-        scenarios.configure(sim, latency_ms=20, per_input_latency_ms=0.05)
+        common.configure_simulator(sim, latency_ms=20, per_input_latency_ms=0.05)
         batching = {"maxBatchSize": 32, "maxWaitMilliseconds": 10}
         with sluice(sim, batching=batching, cache={"mode": "off"}) as batcher:
             embedders = {"direct": None, "sluice coalescing": batcher, "litellm": lite}
             out.append(scenarios.embeddings(embedders, plan, sim, sim))
         step("open-loop overload")
-        scenarios.configure(sim, per_input_latency_ms=0)
+        common.configure_simulator(sim, per_input_latency_ms=0)
         limits = {"maxBatchSize": scenarios.OVERLOAD_IN_FLIGHT, "maxConcurrentBatches": 1}
         with sluice(sim, batching={**limits, "maxQueue": 32}, cache={"mode": "off"}) as shedder:
             out.append(scenarios.overload({"sluice": shedder, "litellm": lite}, plan))
@@ -106,7 +106,7 @@ def hits(sim: str, plan: Plan, redis_url: str) -> Scenario:
     body = orjson.dumps(cache_hits.CHAT)
 
     def calls() -> int:
-        return scenarios.upstream_calls(sim, "chat")
+        return common.simulator_calls(sim, "chat")
 
     process, url = stack.start("serve-hits", cpu="0")
     try:
@@ -401,7 +401,7 @@ def main() -> None:
                 strict=True,
             )
         )
-        scenarios.configure(sim, latency_ms=20)
+        common.configure_simulator(sim, latency_ms=20)
         with cache_hits.redis_server(cpu="1") as redis_url:
             found["hits"] = hits(sim, plan, redis_url)
         step("GC levers and the object pool")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import urllib.request
 
 import orjson
@@ -63,18 +62,18 @@ def measure(sim: str, proxy: common.Proxy, clients: int, count: int) -> list[lis
     """A direct row and a Sluice row at one load, with their upstream calls."""
     payloads = bodies()
     asyncio.run(common.load(sim + "/embeddings", payloads, clients, clients * 4))  # warm up
-    reset(sim)
+    common.configure_simulator(sim)
     direct = asyncio.run(common.load(sim + "/embeddings", payloads, clients, count))
-    direct_calls = upstream_calls(sim)
+    direct_calls = common.simulator_calls(sim, "embeddings")
 
     url = proxy.url + "/embeddings"
     asyncio.run(common.load(url, payloads, clients, clients * 4))
-    reset(sim)
+    common.configure_simulator(sim)
     flushed_before = flushes(proxy)
     cpu_before = common.cpu_seconds(proxy.pid)
     through = asyncio.run(common.load(url, payloads, clients, count))
     cpu_ms = (common.cpu_seconds(proxy.pid) - cpu_before) / through.requests * 1000
-    calls = upstream_calls(sim)
+    calls = common.simulator_calls(sim, "embeddings")
     flushed = {k: v - flushed_before.get(k, 0) for k, v in flushes(proxy).items()}
     added = (through.p50 - direct.p50) * 1000
     return [
@@ -108,22 +107,6 @@ def row(
         f"{result.p99 * 1000:.2f}",
         *rest,
     ]
-
-
-def reset(sim: str) -> None:
-    root = sim.removesuffix("/v1")
-    request = urllib.request.Request(
-        root + "/_sim/reset", data=b'{"keep_config": true}', method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        answer.read()
-
-
-def upstream_calls(sim: str) -> int:
-    root = sim.removesuffix("/v1")
-    with urllib.request.urlopen(root + "/_sim/stats?calls=0", timeout=5) as answer:
-        stats = json.load(answer)
-    return int(stats["calls_by_endpoint"].get("embeddings", 0))
 
 
 def flushes(proxy: common.Proxy) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -138,6 +139,28 @@ def simulator(*args: str, cpu: str | None = None) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop(process)
+
+
+def configure_simulator(sim: str, **settings: Any) -> None:
+    """Change the simulator's knobs (it keeps one set for everybody) and zero its counts."""
+    root = sim.removesuffix("/v1")
+    if settings:
+        _post(root + "/_sim/configure", settings)
+    _post(root + "/_sim/reset", {"keep_config": True})
+
+
+def simulator_calls(sim: str, endpoint: str) -> int:
+    """Calls the simulator has had on `endpoint` since its counts were zeroed."""
+    with urllib.request.urlopen(sim.removesuffix("/v1") + "/_sim/stats?calls=0", timeout=5) as a:
+        return int(json.load(a)["calls_by_endpoint"].get(endpoint, 0))
+
+
+def _post(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
 
 
 @dataclass

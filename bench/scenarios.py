@@ -9,10 +9,8 @@ the simulator is not pinned. CPU is the proxy's whole process tree, from /proc.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -48,26 +46,6 @@ FULL = Plan(3000, 6, 8, soak_seconds=600, litellm_requests=500, gc_requests=10_0
 
 def chat_body(n: int = 0) -> str:
     return orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"hello {n}"}]}).decode()
-
-
-def configure(sim: str, **settings: Any) -> None:
-    """Change the simulator's knobs for the next scenario (it keeps one set for everybody)."""
-    root = sim.removesuffix("/v1")
-    post(root + "/_sim/configure", settings)
-    post(root + "/_sim/reset", {"keep_config": True})
-
-
-def post(url: str, payload: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        answer.read()
-
-
-def upstream_calls(sim: str, endpoint: str) -> int:
-    with urllib.request.urlopen(sim.removesuffix("/v1") + "/_sim/stats?calls=0", timeout=5) as a:
-        return int(json.load(a)["calls_by_endpoint"].get(endpoint, 0))
 
 
 def measured(
@@ -206,9 +184,9 @@ def embeddings(
         count = plan.litellm_requests if name == "litellm" else plan.requests * 2
         spec = {"mode": "closed", "url": url, "bodies": bodies, "concurrency": 64, "seconds": 60}
         loadgen.run({**spec, "requests": 128})
-        configure(sim)  # counts from zero
+        common.configure_simulator(sim)  # counts from zero
         result, cpu = measured(proxy, {**spec, "requests": count})
-        calls = upstream_calls(sim, "embeddings")
+        calls = common.simulator_calls(sim, "embeddings")
         scenario.add(
             name,
             **{"req/s": result["rate"], "p50": result["p50"], "p99": result["p99"]},
