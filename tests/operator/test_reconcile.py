@@ -183,6 +183,31 @@ async def test_a_secret_that_appears_or_rotates_is_noticed_by_the_recheck() -> N
     assert first != second
 
 
+async def test_a_spec_that_cannot_be_rendered_is_not_rechecked_for_its_old_secrets() -> None:
+    api = FakeApi()
+    api.add(secret("openai", "api-key"))
+    subject = reconciler(api)
+    await subject.reconcile(
+        stored(api, factories.llm_body(upstream={"apiKeySecretRef": KEY_REF})), "policy"
+    )
+    unreadable = factories.llm_body(
+        generation=2, upstream={"apiKeySecretRef": KEY_REF}, batching={"fromTheFuture": True}
+    )
+    assert await subject.reconcile(stored(api, unreadable), trigger="policy") == "blocked"
+    api.objects[kube.path("v1", "Secret", factories.NAMESPACE, "openai")]["data"]["api-key"] = (
+        "bmV3"
+    )
+    rechecked: list[str] = []
+
+    async def reconcile_latest(key: reconcile.Key, trigger: str) -> None:
+        rechecked.append(trigger)
+
+    subject.reconcile_latest = reconcile_latest  # type: ignore[method-assign]
+    await subject.recheck_secrets()
+
+    assert rechecked == []  # only a new spec can help: no reconcile every interval meanwhile
+
+
 async def test_an_older_generation_never_overwrites_a_newer_one() -> None:
     api = FakeApi()
     subject = reconciler(api)

@@ -218,6 +218,9 @@ class Reconciler:
     ) -> status.Problem | None:
         """Apply what the spec asks for and write the status; the problem, if any."""
         key = key_of(body)
+        # Set again once the spec renders: a spec that cannot be has no Secrets to recheck
+        # (a rotation could not roll its pods, only a new spec can).
+        tracked.rendered = None
         try:
             policy, problem = parse(body)
             deployment = None
