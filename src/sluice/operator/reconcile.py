@@ -159,7 +159,7 @@ class Reconciler:
             await asyncio.sleep(interval)
             await self.recheck_secrets()
 
-    async def reconcile_latest(self, key: Key, trigger: str) -> None:
+    async def reconcile_latest(self, key: Key, trigger: metrics.Trigger) -> None:
         """Read the policy afresh and reconcile it; one that is gone is forgotten."""
         kind, namespace, name = key
         try:
@@ -187,7 +187,7 @@ class Reconciler:
             self.tracked[key] = tracked
         return tracked
 
-    async def reconcile(self, body: Mapping[str, Any], trigger: str) -> Result:
+    async def reconcile(self, body: Mapping[str, Any], trigger: metrics.Trigger) -> Result:
         """Bring the policy's objects and status in line with its spec (see the module doc)."""
         kind = body["kind"]
         with metrics.reconcile_duration.labels(kind).time():
