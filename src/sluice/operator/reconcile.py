@@ -226,6 +226,8 @@ class Reconciler:
             deployment = None
             if policy is not None:
                 deployment, problem = await self.apply(policy, tracked)
+            # Pods of an earlier spec may still serve, and `Ready` says so; not under a
+            # Conflict, where the Service (say) that clients reach is someone else's.
             if problem is not None and deployment is None and problem.reason != "Conflict":
                 deployment = await self.own(self.deployment_path(key), tracked.uid)
             await self.write_status(body, deployment, problem)
