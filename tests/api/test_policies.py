@@ -125,6 +125,33 @@ def test_cross_field_rules_hold_in_pydantic_as_in_cel(
     ("model", "data"),
     [
         pytest.param(
+            policies.UpstreamSpec,
+            {"apiKeySecretRef": {"name": "../../kube-system/secrets/x", "key": "k"}},
+            id="key-ref-out-of-the-namespace",
+        ),
+        pytest.param(
+            policies.MCPServerSpec,
+            {"name": "gh", "url": "http://gh/mcp", "headersSecretRef": {"name": "a/b"}},
+            id="headers-ref-with-a-slash",
+        ),
+        pytest.param(policies.AdminSpec, {"tokenSecretRef": {"name": "", "key": "k"}}, id="empty"),
+        pytest.param(
+            policies.RedisSpec, {"urlSecretRef": {"name": "Redis", "key": "url"}}, id="upper"
+        ),
+    ],
+)
+def test_a_secret_reference_names_a_secret_of_the_namespace_and_nothing_else(
+    model: type[pydantic.BaseModel], data: dict[str, Any]
+) -> None:
+    # The name becomes part of the operator's API path: `..` or `/` would leave the namespace.
+    with pytest.raises(pydantic.ValidationError, match="name"):
+        model.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        pytest.param(
             policies.UpstreamSpec, {"endpoints": ["http://a/v1", "https://b/v1"]}, id="eps"
         ),
         pytest.param(

@@ -280,6 +280,11 @@ def test_a_hand_edit_of_an_owned_object_is_reverted(
             "spec.proxy.autoscaling.minReplicas",
             id="autoscaling-min-over-max",
         ),
+        pytest.param(
+            {"upstream": {"apiKeySecretRef": {"name": "../../kube-system/secrets/x", "key": "k"}}},
+            "spec.upstream.apiKeySecretRef.name",
+            id="secret-name-out-of-the-namespace",
+        ),
     ],
 )
 def test_invalid_specs_are_rejected_by_the_api_server_naming_the_field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -155,6 +156,31 @@ def test_only_ready_pods_with_an_ip_that_are_not_going_away_are_scraped() -> Non
         pod("10.0.0.3", True, deleting=True),
     ]
     assert podmetrics.pod_urls(pods) == ["http://10.0.0.1:8080/metrics"]
+
+
+class Streamed:
+    """A reply's body as the chunks it arrives in (`aiohttp.ClientResponse.content`)."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self.content = self
+        self.chunks = chunks
+        self.read = 0
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+
+async def test_a_page_is_read_whole_up_to_a_bound_and_refused_past_it() -> None:
+    whole = PAGE.encode()
+    assert await podmetrics.bounded_text(Streamed([whole[:9], whole[9:]])) == PAGE  # type: ignore[arg-type]
+
+    chunk = b"#" * (1024 * 1024)
+    endless = Streamed([chunk] * 1000)  # a pod that sends a gigabyte
+    with pytest.raises(ValueError, match="over"):
+        await podmetrics.bounded_text(endless)  # type: ignore[arg-type]
+    assert endless.read == podmetrics.MAX_PAGE_BYTES // len(chunk) + 1  # stopped there
 
 
 class FakeClient:

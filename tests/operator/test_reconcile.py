@@ -107,6 +107,18 @@ def stored(api: FakeApi, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def rotate(api: FakeApi, name: str, key: str) -> None:
+    """Give one key of a stored Secret a new value."""
+    api.objects[kube.path("v1", "Secret", factories.NAMESPACE, name)]["data"][key] = "bmV3"
+
+
+def secrets_checksum(api: FakeApi) -> str:
+    """The Secrets checksum on the pod template of the `openai` LLMBatchPolicy's Deployment."""
+    key = ("LLMBatchPolicy", factories.NAMESPACE, "openai")
+    template = api.objects[reconcile.Reconciler.deployment_path(key)]["spec"]["template"]
+    return str(template["metadata"]["annotations"][resources.SECRETS_ANNOTATION])
+
+
 KINDS_APPLIED = ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
 
 
@@ -167,20 +179,35 @@ async def test_a_secret_that_appears_or_rotates_is_noticed_by_the_recheck() -> N
     api.add(secret("openai", "api-key"))
 
     await subject.recheck_secrets()
-    workload = api.objects[
-        subject.deployment_path(("LLMBatchPolicy", factories.NAMESPACE, "openai"))
-    ]
-    first = workload["spec"]["template"]["metadata"]["annotations"][resources.SECRETS_ANNOTATION]
-    api.objects[kube.path("v1", "Secret", factories.NAMESPACE, "openai")]["data"]["api-key"] = (
-        "bmV3"
-    )
+    first = secrets_checksum(api)
+    rotate(api, "openai", "api-key")
     await subject.recheck_secrets()
 
-    workload = api.objects[
-        subject.deployment_path(("LLMBatchPolicy", factories.NAMESPACE, "openai"))
-    ]
-    second = workload["spec"]["template"]["metadata"]["annotations"][resources.SECRETS_ANNOTATION]
+    second = secrets_checksum(api)
     assert first != second
+
+
+async def test_a_spec_that_cannot_be_rendered_is_not_rechecked_for_its_old_secrets() -> None:
+    api = FakeApi()
+    api.add(secret("openai", "api-key"))
+    subject = reconciler(api)
+    await subject.reconcile(
+        stored(api, factories.llm_body(upstream={"apiKeySecretRef": KEY_REF})), "policy"
+    )
+    unreadable = factories.llm_body(
+        generation=2, upstream={"apiKeySecretRef": KEY_REF}, batching={"fromTheFuture": True}
+    )
+    assert await subject.reconcile(stored(api, unreadable), trigger="policy") == "blocked"
+    rotate(api, "openai", "api-key")
+    rechecked: list[str] = []
+
+    async def reconcile_latest(key: reconcile.Key, trigger: str) -> None:
+        rechecked.append(trigger)
+
+    subject.reconcile_latest = reconcile_latest  # type: ignore[method-assign]
+    await subject.recheck_secrets()
+
+    assert rechecked == []  # only a new spec can help: no reconcile every interval meanwhile
 
 
 async def test_an_older_generation_never_overwrites_a_newer_one() -> None:

@@ -6,12 +6,17 @@ field documented here is documented everywhere (STYLE.md: the schema has one sou
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 """An RFC 1123 label, as Kubernetes names namespaces and as Sluice names MCP servers (without
 anchors, so a pattern, a CEL rule or `re.fullmatch` can each use it)."""
+
+DNS_SUBDOMAIN = rf"^{DNS_LABEL}(\.{DNS_LABEL})*$"
+"""An RFC 1123 subdomain, as Kubernetes names Secrets. A referenced Secret's name goes into
+the operator's API path (`/namespaces/<ns>/secrets/<name>`), so a name like `../../x` must
+never get that far: it would read another namespace's objects with the operator's rights."""
 
 HTTP_URL = r"^https?://[^\s/?#@]+([/?#]\S*)?$"
 """An absolute http(s) URL with a host and no whitespace: `https://` alone, a space or a
@@ -33,7 +38,7 @@ class Model(BaseModel):
 class SecretKeyRef(Model):
     """A key in a Secret in the policy's namespace."""
 
-    name: str
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
     """Name of the Secret."""
     key: str
     """Key within the Secret whose value is used."""

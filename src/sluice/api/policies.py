@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_valida
 from pydantic.alias_generators import to_camel
 
 from sluice.api import quantities
-from sluice.api.base import Model, SecretKeyRef
+from sluice.api.base import DNS_SUBDOMAIN, Model, SecretKeyRef
 from sluice.api.llm import CacheSettings, LLMSettings, PoolSettings, UpstreamSettings
 from sluice.api.mcp import MCPServerSettings, MCPSettings, ToolCacheSettings, check_unique_servers
 from sluice.api.store import RedisSettings, StoreSettings
@@ -309,7 +309,7 @@ class LLMBatchPolicySpec(LLMSettings):
 class SecretRef(Model):
     """A whole Secret in the policy's namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
     """Name of the Secret."""
 
 

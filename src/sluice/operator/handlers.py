@@ -88,7 +88,8 @@ async def crds_served(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.startup(registry=registry)
 async def start_pod_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
-    """One loop refreshes every policy's status from its pods; the indexes list the policies."""
+    """The background loops: one refreshes every policy's status from its pods (the indexes
+    list the policies), one re-reads the referenced Secrets (`Reconciler.recheck_secrets`)."""
     indexes: tuple[kopf.Index[podmetrics.Key, podmetrics.Known], ...] = (
         kwargs["llm_policies"],  # kopf passes each index by its handler's name
         kwargs["tool_policies"],

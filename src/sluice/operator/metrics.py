@@ -8,6 +8,7 @@ reconcile, its result, problem reasons), never from object names. The proxy's me
 from __future__ import annotations
 
 import threading
+from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, disable_created_metrics, start_http_server
@@ -19,18 +20,21 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometh
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+Trigger = Literal["policy", "child", "secret", "retry"]
+"""What started a reconcile: a policy event, a child's drift, a rotated Secret, a retry."""
 reconciles = Counter(
     "sluice_operator_reconciles_total",
-    "Reconciles of a policy, by kind, trigger (policy, child, timer) and result "
-    "(applied, blocked: a reference cannot be honoured, superseded: a newer generation won, "
-    "error: the API server refused or failed).",
+    "Reconciles of a policy, by kind, trigger (policy, child, secret, retry) and result "
+    "(applied; blocked: a problem the policy's status names, a refused apply included; "
+    "superseded: a newer generation won; deleting: left to the garbage collector; "
+    "error: the Kubernetes API did not answer, or failed outside an apply).",
     ["kind", "trigger", "result"],
 )
-TRIGGERS = ("policy", "child", "timer")
 # Zero from the start, so the chart's SluiceOperatorReconcileErrors (a rate of `result="error"`)
-# reads 0 before the first error, not an absent series.
+# reads 0 before the first error, not an absent series. A retry only follows a reconcile that
+# was counted already.
 for _kind in policies.KINDS:
-    for _trigger in TRIGGERS:
+    for _trigger in ("policy", "child", "secret"):
         reconciles.labels(_kind, _trigger, "error")
 reconcile_duration = Histogram(
     "sluice_operator_reconcile_duration_seconds",
@@ -41,7 +45,8 @@ reconcile_duration = Histogram(
 problems = Counter(
     "sluice_operator_policy_problems_total",
     "Reconciles that found a spec the operator cannot honour, by kind and reason "
-    "(SecretNotFound, SecretKeyNotFound, SecretNotReadable, InvalidSpec).",
+    "(InvalidSpec, InvalidConfig, Conflict, SecretNotFound, SecretKeyNotFound, "
+    "SecretNotReadable, SpecRejected, ApplyFailed, ApiUnavailable).",
     ["kind", "reason"],
 )
 api_errors = Counter(

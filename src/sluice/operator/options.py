@@ -77,7 +77,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=policies.GROUP, key="last-handled-configuration"
     )
     # Log lines stay logs: a retry every 15 s would otherwise post an Event each time. The
-    # operator posts its own Events, once per new problem (handlers.report).
+    # operator posts its own Events, once per new problem (reconcile.Reconciler.settle).
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "sluice-operator"

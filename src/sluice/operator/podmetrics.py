@@ -50,6 +50,10 @@ CALLS_SAVED = "sluice_upstream_calls_saved_total"
 STARTED = "process_start_time_seconds"
 MIN_UPTIME_SECONDS = 60.0
 """A pod younger than this counts as this old: a rate from seconds of uptime is noise."""
+MAX_PAGE_BYTES = 8 * 1024 * 1024
+"""A larger page is refused: a proxy's is well under a megabyte, and any pod that carries a
+policy's labels is read, so one tenant's pod must not make the operator (which serves every
+namespace) hold what it can send in `options.SCRAPE_TIMEOUT_SECONDS`."""
 UPSTREAM_UP = "sluice_mcp_upstream_up"
 TOOLS = "sluice_mcp_tools"
 
@@ -167,12 +171,22 @@ async def read(session: aiohttp.ClientSession, url: str, caches: Collection[str]
     try:
         async with session.get(url) as reply:
             reply.raise_for_status()
-            page = parse(await reply.text(), caches)
+            page = parse(await bounded_text(reply), caches)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         metrics.status_scrapes.labels("failed").inc()
         return None
     metrics.status_scrapes.labels("ok").inc()
     return page
+
+
+async def bounded_text(reply: aiohttp.ClientResponse) -> str:
+    """The body as text (an exposition is UTF-8); ValueError past `MAX_PAGE_BYTES`."""
+    body = bytearray()
+    async for chunk in reply.content.iter_any():
+        body += chunk
+        if len(body) > MAX_PAGE_BYTES:
+            raise ValueError(f"a /metrics page over {MAX_PAGE_BYTES} bytes")
+    return body.decode(errors="replace")
 
 
 async def scrape(

@@ -159,7 +159,7 @@ class Reconciler:
             await asyncio.sleep(interval)
             await self.recheck_secrets()
 
-    async def reconcile_latest(self, key: Key, trigger: str) -> None:
+    async def reconcile_latest(self, key: Key, trigger: metrics.Trigger) -> None:
         """Read the policy afresh and reconcile it; one that is gone is forgotten."""
         kind, namespace, name = key
         try:
@@ -187,7 +187,7 @@ class Reconciler:
             self.tracked[key] = tracked
         return tracked
 
-    async def reconcile(self, body: Mapping[str, Any], trigger: str) -> Result:
+    async def reconcile(self, body: Mapping[str, Any], trigger: metrics.Trigger) -> Result:
         """Bring the policy's objects and status in line with its spec (see the module doc)."""
         kind = body["kind"]
         with metrics.reconcile_duration.labels(kind).time():
@@ -218,11 +218,16 @@ class Reconciler:
     ) -> status.Problem | None:
         """Apply what the spec asks for and write the status; the problem, if any."""
         key = key_of(body)
+        # Set again once the spec renders: a spec that cannot be has no Secrets to recheck
+        # (a rotation could not roll its pods, only a new spec can).
+        tracked.rendered = None
         try:
             policy, problem = parse(body)
             deployment = None
             if policy is not None:
                 deployment, problem = await self.apply(policy, tracked)
+            # Pods of an earlier spec may still serve, and `Ready` says so; not under a
+            # Conflict, where the Service (say) that clients reach is someone else's.
             if problem is not None and deployment is None and problem.reason != "Conflict":
                 deployment = await self.own(self.deployment_path(key), tracked.uid)
             await self.write_status(body, deployment, problem)

@@ -47,7 +47,8 @@ class Tracked:
     fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
     """`ownership.fingerprint` of each child as last applied, by REST path."""
     rendered: proxyconfig.Rendered | None = None
-    """The config last rendered: which Secrets (and keys) it reads."""
+    """The latest spec's config, which names the Secrets (and keys) it reads; None while that
+    spec cannot be rendered."""
     secrets_checksum: str | None = None
     """What was last read of them (`Rendered.secrets_checksum`), missing ones included."""
     config_map: str | None = None
