@@ -279,9 +279,12 @@ def test_the_network_policy_admits_only_the_service_port_from_the_namespaces_nam
         for rule in spec["ingress"]
         for source in rule["from"]
     }
-    assert admitted == {"frontend", "batch", "monitoring"}
+    assert admitted == {"frontend", "batch", "monitoring", system_namespace}
+    # The operator reads the pods' /metrics for the status: its own pods, not its namespace's.
+    (operator,) = [s for rule in spec["ingress"] for s in rule["from"] if "podSelector" in s]
+    assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     ports = [port for rule in spec["ingress"] for port in rule["ports"]]
-    assert ports == [{"port": "http", "protocol": "TCP"}] * 2  # never the admin port
+    assert ports == [{"port": "http", "protocol": "TCP"}] * 3  # never the admin port
 
 
 def test_a_network_policy_without_namespaces_is_refused_by_name(
