@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from sluice.api import LLMConfig
+from sluice.api import LLMConfig, llm
 from sluice.proxy.llm.deferred import records
 
 
@@ -158,14 +158,9 @@ class MemoryJobStore:
 
 
 def build(config: LLMConfig, environ: Mapping[str, str]) -> JobStore:
-    """The store `llm.deferred.store` names; `auto` follows the cache (Redis when it uses it)."""
-    choice = config.deferred.store
-    if choice == "auto":
-        choice = (
-            "memory" if config.cache.backend == "memory" or config.cache.mode == "off" else "redis"
-        )
+    """The store `llm.deferred.store` names (`api.llm.deferred_store`: the operator's rule too)."""
     ttl = config.deferred.result_ttl_seconds
-    if choice == "memory":
+    if llm.deferred_store(config.deferred, config.cache) == "memory":
         return MemoryJobStore(ttl)
     # Imported here: a proxy without Redis does not pay for importing redis.asyncio.
     from sluice.proxy.llm.deferred import redisstore
