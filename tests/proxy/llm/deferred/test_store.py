@@ -3,7 +3,13 @@ the latency estimator's decisions (`estimator`)."""
 
 from __future__ import annotations
 
-from sluice.proxy.llm.deferred import estimator, jobstore, records
+import asyncio
+
+import pytest
+import redis.exceptions
+
+from sluice.proxy.http import errors
+from sluice.proxy.llm.deferred import estimator, jobstore, records, redisstore
 
 GROUP = records.Group("chat_completions", "gpt-4o-mini", {"authorization": "Bearer k"}, "")
 
@@ -42,6 +48,41 @@ async def test_due_lists_open_items_by_deadline_and_results_expire() -> None:
     assert await store.result("job_1") == records.Result(200, b"{}")
     now[0] = 11
     assert await store.result("job_1") is None
+
+
+class CountingRedis:
+    """A client whose GET takes a few loop turns and counts the calls in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.now -= 1
+        return None
+
+
+async def test_the_redis_store_keeps_at_most_its_pool_size_of_commands_in_flight() -> None:
+    """The cluster and Sentinel pools raise when full instead of waiting: the store waits."""
+    client = CountingRedis()
+    store = redisstore.RedisJobStore(client, "p:", 60, in_flight=3)  # type: ignore[arg-type]
+    assert await asyncio.gather(*(store.result(f"job_{i}") for i in range(10))) == [None] * 10
+    assert client.most == 3
+
+
+async def test_a_cluster_without_an_answering_node_is_a_503_of_the_redis_store() -> None:
+    class Unreachable:
+        async def get(self, key: str) -> bytes | None:
+            # No RedisError: what the cluster client raises when no node answers.
+            raise redis.exceptions.RedisClusterException("Redis Cluster cannot be connected.")
+
+    store = redisstore.RedisJobStore(Unreachable(), "p:", 60)  # type: ignore[arg-type]
+    with pytest.raises(errors.ProxyError) as caught:
+        await store.result("job_1")
+    assert caught.value.status == 503
 
 
 def test_results_survive_packing() -> None:
