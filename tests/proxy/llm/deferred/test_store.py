@@ -90,6 +90,13 @@ def test_results_survive_packing() -> None:
     assert records.Result.unpack(result.pack()) == result
 
 
+def test_a_long_request_id_is_cut_between_characters_when_packed() -> None:
+    result = records.Result(200, b"{}", records.BATCH, "req_" + "\u00e9" * 200)
+    unpacked = records.Result.unpack(result.pack())
+    assert unpacked.request_id == "req_" + "\u00e9" * 125  # 254 of the 255 bytes
+    assert unpacked.body == b"{}"
+
+
 def test_groups_differ_by_payer_and_model() -> None:
     other_payer = records.Group(GROUP.kind, GROUP.model, {"authorization": "Bearer j"}, "")
     other_model = records.Group(GROUP.kind, "gpt-4o", GROUP.headers, "")

@@ -107,7 +107,9 @@ class Result:
     request_id: str = ""
 
     def pack(self) -> bytes:
-        rid = self.request_id.encode()[:255]
+        # At most 255 bytes, cut between characters: the upstream chose the id, and half a
+        # character would make the kept result unreadable.
+        rid = self.request_id.encode()[:255].decode(errors="ignore").encode()
         return _RESULT.pack(self.status, self.path) + bytes([len(rid)]) + rid + self.body
 
     @classmethod
