@@ -28,6 +28,19 @@ async def test_waiting_items_are_taken_oldest_first_and_only_once() -> None:
     assert await store.take(GROUP.key, 2) == []
 
 
+async def test_a_group_no_item_waits_for_is_forgotten_until_one_does() -> None:
+    store = jobstore.MemoryJobStore(60, clock=lambda: 0.0)
+    await store.add(item(1), GROUP, waiting=True)
+    await store.forget(GROUP.key)
+    assert await store.groups() == [GROUP.key]  # an item waits: still listed
+    await store.take(GROUP.key, 2)
+    await store.forget(GROUP.key)
+    assert await store.groups() == []
+    assert await store.group(GROUP.key) == GROUP  # its record stays for its jobs
+    await store.add(item(2), GROUP, waiting=True)
+    assert await store.groups() == [GROUP.key]
+
+
 async def test_only_the_first_claim_answers_and_a_claimed_item_is_not_queued_again() -> None:
     store = jobstore.MemoryJobStore(60, clock=lambda: 0.0)
     await store.add(item(1), GROUP, waiting=True)

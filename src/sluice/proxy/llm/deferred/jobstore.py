@@ -40,6 +40,10 @@ class JobStore(Protocol):
         """Up to `count` waiting items of `group`, oldest first, no longer waiting."""
         ...
 
+    async def forget(self, group: str) -> None:
+        """Stop listing `group` in `groups` if no item waits for it (its record stays)."""
+        ...
+
     async def requeue(self, items: Iterable[records.Item]) -> None:
         """Queue again items that were taken (a submission failed, a job ended without them)."""
         ...
@@ -108,6 +112,10 @@ class MemoryJobStore:
         for item_id in ids:
             del queue[item_id]
         return [self.items[i] for i in ids if i in self.items]
+
+    async def forget(self, group: str) -> None:
+        if not self.queues.get(group):
+            self.queues.pop(group, None)
 
     async def requeue(self, items: Iterable[records.Item]) -> None:
         for item in items:

@@ -4,7 +4,7 @@ Keys, under the cache's `keyPrefix` and one hash tag (`{deferred}`, so that on R
 the multi-key commands below stay in one slot):
 
     item:<id>       the item's JSON, until its result's time is up
-    group:<key>     a group's JSON; `groups` the set of group keys
+    group:<key>     a group's JSON; `groups` the set of group keys with waiting items
     waiting:<key>   sorted set of a group's waiting item ids, by arrival
     open            sorted set of unanswered item ids, by deadline (`ZREM` is the claim)
     result:<id>     the packed result, for `resultTtlSeconds`
@@ -126,6 +126,13 @@ class RedisJobStore:
         raws = await self._call(lambda: self.client.mget([self.key("item", i) for i in ids]))
         return [records.Item.loads(raw) for raw in cast("list[bytes | None]", raws) if raw]
 
+    async def forget(self, group: str) -> None:
+        """Take `group` out of `groups`, then put it back if an item came meanwhile: `add` and
+        `requeue` write both in one transaction, so none is left waiting in an unlisted group."""
+        await self._call(lambda: self.client.srem(self.key("groups"), group))
+        if await self._call(lambda: self.client.zcard(self.key("waiting", group))):
+            await self._call(lambda: self.client.sadd(self.key("groups"), group))
+
     async def requeue(self, items: Iterable[records.Item]) -> None:
         listed = list(items)
         if not listed:
@@ -133,7 +140,7 @@ class RedisJobStore:
         scores = await self._call(
             lambda: self.client.zmscore(self.key("open"), [i.id for i in listed])
         )
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             for item, score in zip(listed, scores, strict=True):
                 if score is not None:  # answered meanwhile: nothing to queue
                     pipe.sadd(self.key("groups"), item.group)

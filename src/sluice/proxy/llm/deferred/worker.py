@@ -172,6 +172,9 @@ class Worker:
         size = self.settings.max_items_per_batch
         for group in await self.store.groups():
             count, oldest = await self.store.waiting(group)
+            if not count:
+                await self.store.forget(group)  # or every group ever seen costs every tick
+                continue
             while count and (
                 count >= size or now - (oldest or now) >= self.settings.flush_after_seconds
             ):
