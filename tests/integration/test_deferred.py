@@ -362,6 +362,25 @@ async def test_the_query_and_billing_headers_of_a_group_go_with_its_batch_api_ca
         assert call.headers["openai-organization"] == "org-a"
 
 
+async def test_a_policy_vary_header_keeps_groups_apart_and_goes_with_their_batch_api_calls(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    settings = config(simulator)
+    settings["llm"]["varyHeaders"] = ["x-team"]
+    proxy = start_proxy(settings)
+    async with client(proxy) as c:
+        answers = await asyncio.gather(
+            ask(c, "for red", **{"x-team": "red"}), ask(c, "for blue", **{"x-team": "blue"})
+        )
+    assert [echoed(completion)[:14] for completion, _ in answers] == [
+        "Echo: for red ",
+        "Echo: for blue",
+    ]
+    assert len(simulator.batch_jobs()) == 2
+    teams = {call.headers.get("x-team") for call in simulator.calls_for("batches")}
+    assert teams == {"red", "blue"}
+
+
 async def test_the_redis_store_lists_only_groups_with_waiting_items(
     redis_server: RedisServer,
 ) -> None:
