@@ -98,6 +98,20 @@ async def test_a_cluster_without_an_answering_node_is_a_503_of_the_redis_store()
     assert caught.value.status == 503
 
 
+async def test_an_answered_item_is_forgotten_when_its_result_expires_not_before() -> None:
+    now = [0.0]
+    store = jobstore.MemoryJobStore(10, clock=lambda: now[0])
+    for n in (1, 2):
+        await store.add(item(n), GROUP, waiting=True)
+        assert await store.claim(f"job_{n}")
+        await store.finish(f"job_{n}", records.Result(200, b"{}"))
+        now[0] += 5
+    now[0] = 11
+    await store.due(before=0)
+    assert await store.item("job_1") is None
+    assert await store.item("job_2") == item(2)
+
+
 def test_results_survive_packing() -> None:
     result = records.Result(400, b'{"error":{}}', records.SYNC, "req_1")
     assert records.Result.unpack(result.pack()) == result

@@ -127,8 +127,9 @@ class MemoryJobStore:
         return [i for i, deadline in self.open.items() if deadline <= before]
 
     async def claim(self, item_id: str) -> bool:
-        for queue in self.queues.values():
-            queue.pop(item_id, None)
+        item = self.items.get(item_id)
+        if item is not None:
+            self.queues.get(item.group, {}).pop(item_id, None)
         return self.open.pop(item_id, None) is not None
 
     async def still_open(self, item_ids: list[str]) -> list[str]:
@@ -151,9 +152,15 @@ class MemoryJobStore:
         self.submitted_jobs.pop(job_id, None)
 
     def _expire(self) -> None:
-        """Forget results past their time, and the items they answered."""
+        """Forget results past their time, and the items they answered. One TTL for all, so
+        they expire in the order they were kept: each tick reads only the expired ones."""
         now = self.clock()
-        for item_id in [i for i, (until, _) in self.results.items() if until <= now]:
+        expired = []
+        for item_id, (until, _) in self.results.items():
+            if until > now:
+                break
+            expired.append(item_id)
+        for item_id in expired:
             del self.results[item_id]
             self.items.pop(item_id, None)
 
