@@ -214,7 +214,10 @@ class Worker:
 
     async def poll(self, now: float) -> None:
         first = self.settings.poll_interval_seconds
-        for job in await self.store.jobs():
+        jobs = await self.store.jobs()
+        for ended in self.polls.keys() - {job.id for job in jobs}:
+            del self.polls[ended]  # settled by another replica
+        for job in jobs:
             when, _ = self.polls.get(job.id, (job.submitted_at + first, first))
             if now >= when and job.id not in self.busy:
                 self.spawn(self.check(job), job.id)
