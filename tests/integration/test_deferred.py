@@ -17,8 +17,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import redis.asyncio
 from openai.types.chat import ChatCompletion
 
+from sluice.proxy.llm.deferred import records, redisstore
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 from tests.support.redis import RedisServer
 from tests.support.simulator import Simulator, bill
@@ -358,3 +360,45 @@ async def test_the_query_and_billing_headers_of_a_group_go_with_its_batch_api_ca
         assert call.path.endswith("?api-version=2025-01-01"), call.path
         assert call.authorization == "Bearer sk-azure"
         assert call.headers["openai-organization"] == "org-a"
+
+
+async def test_a_policy_vary_header_keeps_groups_apart_and_goes_with_their_batch_api_calls(
+    start_proxy: ProxyFactory, simulator: Simulator
+) -> None:
+    settings = config(simulator)
+    settings["llm"]["varyHeaders"] = ["x-team"]
+    proxy = start_proxy(settings)
+    async with client(proxy) as c:
+        answers = await asyncio.gather(
+            ask(c, "for red", **{"x-team": "red"}), ask(c, "for blue", **{"x-team": "blue"})
+        )
+    assert [echoed(completion)[:14] for completion, _ in answers] == [
+        "Echo: for red ",
+        "Echo: for blue",
+    ]
+    assert len(simulator.batch_jobs()) == 2
+    teams = {call.headers.get("x-team") for call in simulator.calls_for("batches")}
+    assert teams == {"red", "blue"}
+
+
+async def test_the_redis_store_lists_only_groups_with_waiting_items(
+    redis_server: RedisServer,
+) -> None:
+    """Else the worker's every tick reads every group ever seen (each payer, each model)."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    store = redisstore.RedisJobStore(client, "t:", 60)
+    group = records.Group("chat_completions", MODEL, {"authorization": "Bearer k"}, "")
+    now = time.time()
+    try:
+        first = records.Item("job_1", "tenant", group.key, {"model": MODEL}, now + 600, now)
+        await store.add(first, group, waiting=True)
+        await store.forget(group.key)
+        assert await store.groups() == [group.key]  # an item waits: still listed
+        assert await store.take(group.key, 10) == [first]
+        await store.forget(group.key)
+        assert await store.groups() == []
+        assert await store.group(group.key) == group  # its record stays for its jobs
+        await store.requeue([first])
+        assert await store.groups() == [group.key]
+    finally:
+        await store.close()

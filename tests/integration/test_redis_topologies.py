@@ -130,6 +130,43 @@ async def test_chat_and_per_input_embeddings_are_cached_across_slots(
     assert "not reachable at start-up" not in proxy.log()
 
 
+async def test_deferred_requests_are_kept_in_one_slot_and_answered_from_one_batch(
+    start_proxy: ProxyFactory, simulator: Simulator, topology: Topology
+) -> None:
+    """The deferred store's transactions and multi-key reads, under its `{deferred}` tag."""
+    config = {
+        "llm": {
+            "upstream": {"url": simulator.url, "retry": {"maxAttempts": 1}},
+            "cache": topology.cache(),
+            "deferred": {
+                "assumedBatchLatencySeconds": 1,
+                "flushAfterSeconds": 0.3,
+                "pollIntervalSeconds": 0.1,
+                "maxPollIntervalSeconds": 0.2,
+            },
+        },
+        "admin": admin_section(),
+    }
+    proxy = start_proxy(config, env={**topology.env(), **ADMIN_ENV})
+    async with client(proxy) as c:
+        raws = await asyncio.gather(
+            *(
+                c.chat.completions.with_raw_response.create(
+                    model=CHAT_MODEL,
+                    messages=[{"role": "user", "content": f"deferred {i}"}],
+                    extra_headers={"x-sluice-deferred": "10m"},
+                )
+                for i in range(5)
+            )
+        )
+    assert [r.headers["x-sluice-deferred"] for r in raws] == ["batch"] * 5
+    texts = [r.parse().choices[0].message.content or "" for r in raws]
+    assert all(text.startswith(f"Echo: deferred {i} ") for i, text in enumerate(texts))
+    assert len(simulator.batch_jobs()) == 1
+    assert not simulator.calls_for("chat")
+    assert "deferred worker" not in proxy.log()
+
+
 async def test_two_gateway_replicas_share_mcp_lists_and_an_invalidation(
     start_proxy: ProxyFactory, tool_servers: Any, topology: Topology
 ) -> None:

@@ -21,6 +21,7 @@ commands it has in flight to `poolSize` (`rediscache.RedisCache` does).
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -149,25 +150,17 @@ def describe(client: Client) -> str:
     return f"node {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True, repr=False)  # its own repr: no passwords
 class SentinelURL:
     """A `redis+sentinel://` URL taken apart (pure; `parse` raises ValueError saying what is
     wrong, without the URL)."""
 
-    def __init__(
-        self,
-        sentinels: list[tuple[str, int]],
-        master: str,
-        db: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-        sentinel_password: str | None = None,
-    ) -> None:
-        self.sentinels = sentinels
-        self.master = master
-        self.db = db
-        self.username = username
-        self.password = password
-        self.sentinel_password = sentinel_password
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> SentinelURL:

@@ -33,14 +33,7 @@ from sluice.proxy.llm.deferred import asks, estimator, jobstore, provider, recor
 
 JOBS_PREFIX = "/v1/sluice/jobs/"
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
-GROUP_HEADERS = frozenset(
-    {
-        "authorization",
-        *dispatching.BILLING_HEADERS,
-        *(h.decode() for h in cachekeys.VARYING_HEADERS),
-    }
-)
-"""Request headers a job is sent with: who pays, and what selects the upstream's behaviour."""
+PAYER_HEADERS = frozenset({b"authorization", *(h.encode() for h in dispatching.BILLING_HEADERS)})
 RECHECK_SECONDS = 1.0
 """How often a held caller looks in a shared store for an answer another replica kept."""
 GRACE_SECONDS = 5.0
@@ -84,6 +77,9 @@ class Deferral:
             clock,
         )
         self.waiters: dict[str, asyncio.Future[None]] = {}
+        self.kept = PAYER_HEADERS | cachekeys.Variants(config.vary_headers).names
+        """Request headers a job is sent with: who pays, and what selects the upstream's
+        behaviour (`cachekeys.VARYING_HEADERS` and the policy's `varyHeaders`)."""
 
     async def start(self) -> None:
         await self.store.start()
@@ -108,9 +104,7 @@ class Deferral:
         now = self.clock()
         query = request.query.decode("latin-1")
         kept = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in request.headers
-            if k.decode("latin-1") in GROUP_HEADERS
+            k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers if k in self.kept
         }
         if self.upstream.api_key is not None:
             kept.pop("authorization", None)  # the proxy's own key is applied when sent

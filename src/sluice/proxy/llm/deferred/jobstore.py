@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from sluice.api import LLMConfig
+from sluice.api import LLMConfig, llm
 from sluice.proxy.llm.deferred import records
 
 
@@ -38,6 +38,10 @@ class JobStore(Protocol):
 
     async def take(self, group: str, count: int) -> list[records.Item]:
         """Up to `count` waiting items of `group`, oldest first, no longer waiting."""
+        ...
+
+    async def forget(self, group: str) -> None:
+        """Stop listing `group` in `groups` if no item waits for it (its record stays)."""
         ...
 
     async def requeue(self, items: Iterable[records.Item]) -> None:
@@ -109,6 +113,10 @@ class MemoryJobStore:
             del queue[item_id]
         return [self.items[i] for i in ids if i in self.items]
 
+    async def forget(self, group: str) -> None:
+        if not self.queues.get(group):
+            self.queues.pop(group, None)
+
     async def requeue(self, items: Iterable[records.Item]) -> None:
         for item in items:
             if item.id in self.open:
@@ -119,8 +127,9 @@ class MemoryJobStore:
         return [i for i, deadline in self.open.items() if deadline <= before]
 
     async def claim(self, item_id: str) -> bool:
-        for queue in self.queues.values():
-            queue.pop(item_id, None)
+        item = self.items.get(item_id)
+        if item is not None:
+            self.queues.get(item.group, {}).pop(item_id, None)
         return self.open.pop(item_id, None) is not None
 
     async def still_open(self, item_ids: list[str]) -> list[str]:
@@ -143,9 +152,15 @@ class MemoryJobStore:
         self.submitted_jobs.pop(job_id, None)
 
     def _expire(self) -> None:
-        """Forget results past their time, and the items they answered."""
+        """Forget results past their time, and the items they answered. One TTL for all, so
+        they expire in the order they were kept: each tick reads only the expired ones."""
         now = self.clock()
-        for item_id in [i for i, (until, _) in self.results.items() if until <= now]:
+        expired = []
+        for item_id, (until, _) in self.results.items():
+            if until > now:
+                break
+            expired.append(item_id)
+        for item_id in expired:
             del self.results[item_id]
             self.items.pop(item_id, None)
 
@@ -158,14 +173,9 @@ class MemoryJobStore:
 
 
 def build(config: LLMConfig, environ: Mapping[str, str]) -> JobStore:
-    """The store `llm.deferred.store` names; `auto` follows the cache (Redis when it uses it)."""
-    choice = config.deferred.store
-    if choice == "auto":
-        choice = (
-            "memory" if config.cache.backend == "memory" or config.cache.mode == "off" else "redis"
-        )
+    """The store `llm.deferred.store` names (`api.llm.deferred_store`: the operator's rule too)."""
     ttl = config.deferred.result_ttl_seconds
-    if choice == "memory":
+    if llm.deferred_store(config.deferred, config.cache) == "memory":
         return MemoryJobStore(ttl)
     # Imported here: a proxy without Redis does not pay for importing redis.asyncio.
     from sluice.proxy.llm.deferred import redisstore

@@ -3,8 +3,9 @@ the groups they are batched by, the Batch API jobs submitted, and results. Each 
 frozen value with a JSON (or packed bytes) form, so the memory and Redis stores hold the same.
 
 Pure: no I/O. Group headers are those that say who pays and how the upstream behaves
-(`dispatching.BILLING_HEADERS`, `cachekeys.VARYING_HEADERS`, `authorization`): a job is sent
-with its group's, so requests that differ in one never share a job.
+(`dispatching.BILLING_HEADERS`, `cachekeys.VARYING_HEADERS` and `llm.varyHeaders`,
+`authorization`): a job is sent with its group's, so requests that differ in one never share a
+job.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class Result:
     request_id: str = ""
 
     def pack(self) -> bytes:
-        rid = self.request_id.encode()[:255]
+        # At most 255 bytes, cut between characters: the upstream chose the id, and half a
+        # character would make the kept result unreadable.
+        rid = self.request_id.encode()[:255].decode(errors="ignore").encode()
         return _RESULT.pack(self.status, self.path) + bytes([len(rid)]) + rid + self.body
 
     @classmethod

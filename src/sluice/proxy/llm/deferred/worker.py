@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 RESCUERS = 32
 """Synchronous fallback calls at once, per proxy."""
+LOG_INTERVAL_SECONDS = 10.0
+"""At most one failed-tick message in this long: a store that is down fails every tick."""
 
 Send = Callable[[records.Group, records.Item], Awaitable[Reply]]
 Notify = Callable[[str], None]
@@ -72,6 +74,8 @@ class Worker:
         self.running: set[asyncio.Task[None]] = set()
         self.rescuers = asyncio.Semaphore(RESCUERS)
         self.task: asyncio.Task[None] | None = None
+        self._last_log = -LOG_INTERVAL_SECONDS
+        self._unlogged = 0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name="sluice-deferred-worker")
@@ -88,10 +92,21 @@ class Worker:
             try:
                 await self.step(self.clock())
             except errors.ProxyError as e:
-                log.warning("deferred worker: %s", e.message)
+                self.failed(e.message)
             except Exception:
                 log.exception("deferred worker tick failed")
             await asyncio.sleep(self.tick)
+
+    def failed(self, message: str) -> None:
+        """Log a tick that failed (the store is unavailable), at most once a log interval."""
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL_SECONDS:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more failed ticks since)" if self._unlogged else ""
+        log.warning("deferred worker: %s%s", message, more)
+        self._last_log = now
+        self._unlogged = 0
 
     async def step(self, now: float) -> None:
         for item_id in await self.store.due(now + self.latency.reserve):
@@ -157,6 +172,9 @@ class Worker:
         size = self.settings.max_items_per_batch
         for group in await self.store.groups():
             count, oldest = await self.store.waiting(group)
+            if not count:
+                await self.store.forget(group)  # or every group ever seen costs every tick
+                continue
             while count and (
                 count >= size or now - (oldest or now) >= self.settings.flush_after_seconds
             ):
@@ -196,7 +214,10 @@ class Worker:
 
     async def poll(self, now: float) -> None:
         first = self.settings.poll_interval_seconds
-        for job in await self.store.jobs():
+        jobs = await self.store.jobs()
+        for ended in self.polls.keys() - {job.id for job in jobs}:
+            del self.polls[ended]  # settled by another replica
+        for job in jobs:
             when, _ = self.polls.get(job.id, (job.submitted_at + first, first))
             if now >= when and job.id not in self.busy:
                 self.spawn(self.check(job), job.id)
