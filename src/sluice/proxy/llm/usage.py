@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import prometheus_client
+
 from sluice.proxy import metrics
 from sluice.proxy.http import sse
 
@@ -55,13 +57,19 @@ class StreamScanner:
                 self.usage = from_body(line) or self.usage
 
 
-def saved(endpoint: str, body: bytes) -> None:
-    """Count the tokens of an answer served without an upstream call (a hit, a shared call)."""
-    counts = from_body(body)
+def count(
+    counter: prometheus_client.Counter | metrics.LoopCounter, endpoint: str, counts: Usage | None
+) -> None:
+    """Add `counts` to `counter`'s prompt and completion series of `endpoint`."""
     if counts is None:
         return
     prompt, completion = counts
     if prompt:
-        metrics.llm_tokens_saved.labels(endpoint, "prompt").inc(prompt)
+        counter.labels(endpoint, "prompt").inc(prompt)
     if completion:
-        metrics.llm_tokens_saved.labels(endpoint, "completion").inc(completion)
+        counter.labels(endpoint, "completion").inc(completion)
+
+
+def saved(endpoint: str, body: bytes) -> None:
+    """Count the tokens of an answer served without an upstream call (a hit, a shared call)."""
+    count(metrics.llm_tokens_saved, endpoint, from_body(body))
