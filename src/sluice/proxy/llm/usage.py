@@ -25,15 +25,26 @@ _USAGE_SPAN = 1024
 
 def from_body(body: bytes) -> Usage | None:
     """The last non-null `usage` object in a JSON body (OpenAI puts the top-level one last)."""
-    start = -1
-    for found in _USAGE.finditer(body):
-        start = found.end()
+    start = _last_usage(body)
     if start < 0:
         return None
     fields = body[start : start + _USAGE_SPAN]
     prompt = _PROMPT.search(fields)
     completion = _COMPLETION.search(fields)
     return (int(prompt.group(1)) if prompt else 0, int(completion.group(1)) if completion else 0)
+
+
+def _last_usage(body: bytes) -> int:
+    """Where the last `"usage": {` ends, -1 for none: looked for from the end, so the vectors
+    and choices before it are skipped by `rfind` (C) rather than read by the regex (matches
+    cannot overlap, so the last to start is the last `finditer` would give)."""
+    at = body.rfind(b'"usage"')
+    while at >= 0:
+        found = _USAGE.match(body, at)
+        if found is not None:
+            return found.end()
+        at = body.rfind(b'"usage"', 0, at)
+    return -1
 
 
 class StreamScanner:
