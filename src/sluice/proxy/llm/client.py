@@ -43,9 +43,11 @@ HOP_BY_HOP = frozenset(
 )
 # aiohttp decompresses bodies, so the encoding and length it received no longer describe them;
 # uvicorn writes its own `date`, and an answer with two (FACTS.md) confuses caches; the proxy
-# says `x-sluice-cache` itself (an upstream that is another Sluice must not say it for it).
+# says `x-sluice-cache` and `x-sluice-batch` itself (an upstream that is another Sluice must not
+# say them for it: its batch id would be logged and handed on as this proxy's).
 RESPONSE_DROPPED = frozenset(
-    h.encode() for h in HOP_BY_HOP | {"content-encoding", "date", "x-sluice-cache"}
+    h.encode()
+    for h in HOP_BY_HOP | {"content-encoding", "date", "x-sluice-cache", "x-sluice-batch"}
 )
 
 
