@@ -9,6 +9,12 @@ import pytest
 from sluice.proxy.cache import flights
 
 
+async def opened_by(gate: asyncio.Event, value: str) -> str:
+    """Work that ends with `value` once `gate` is set."""
+    await gate.wait()
+    return value
+
+
 async def test_callers_of_one_key_share_one_run_and_the_key_is_free_after() -> None:
     shared: flights.Flights[str, int] = flights.Flights()
     gate, runs = asyncio.Event(), []
@@ -31,12 +37,7 @@ async def test_callers_of_one_key_share_one_run_and_the_key_is_free_after() -> N
 async def test_a_caller_that_leaves_cancels_nothing_for_the_others() -> None:
     shared: flights.Flights[str, str] = flights.Flights()
     gate = asyncio.Event()
-
-    async def work() -> str:
-        await gate.wait()
-        return "done"
-
-    flight = shared.launch(("k",), work())
+    flight = shared.launch(("k",), opened_by(gate, "done"))
     leaving = asyncio.create_task(shared.wait(flight))
     staying = asyncio.create_task(shared.wait(flight))
     await asyncio.sleep(0)
@@ -102,12 +103,7 @@ async def test_a_follower_out_of_patience_abandons_the_flight_which_goes_on_for_
 ):
     shared: flights.Flights[str, str] = flights.Flights()
     gate = asyncio.Event()
-
-    async def work() -> str:
-        await gate.wait()
-        return "done"
-
-    flight = shared.launch(("k",), work())
+    flight = shared.launch(("k",), opened_by(gate, "done"))
     launcher = asyncio.create_task(shared.wait(flight))
     with pytest.raises(flights.AbandonedError):
         await shared.wait(flight, patience=0.01)

@@ -118,6 +118,22 @@ def test_a_body_with_a_number_orjson_cannot_read_exactly_is_not_faithful(
     assert cachekeys.faithful(body) is faithful
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"temperature": 1E+100}', id="capital-exponent-plus"),
+        pytest.param(b'{"temperature": 1e-100}', id="exponent-minus"),
+        pytest.param(b'{"seed": 12345678901234567890}', id="20-digits"),
+        pytest.param(b'{"seed": -1234567890123456789}', id="19-digits-negative"),
+        pytest.param(b'{"q": "+1234567890123456789"}', id="19-digits-after-plus"),
+        pytest.param(b'{"q": "e00 e+00 E-0 1234567890123456"}', id="short-of-every-rule"),
+        pytest.param(b'{"q": "model E300"}', id="inside-a-string"),
+    ],
+)
+def test_faithful_agrees_with_its_regex_where_the_quick_look_is_not_enough(body: bytes) -> None:
+    assert cachekeys.faithful(body) is (cachekeys._UNFAITHFUL.search(body) is None)
+
+
 def test_the_tenant_and_the_kind_change_the_key() -> None:
     assert key(BASE, tenant="tenant-b") != key(BASE)
     assert key(BASE, kind="completions") != key(BASE)

@@ -34,6 +34,11 @@ def test_a_body_without_usage_has_none() -> None:
     assert usage.from_body(b'{"usage": null}') is None
 
 
+def test_the_last_usage_object_counts_past_a_null_one_after_it() -> None:
+    body = b'{"a": {"usage": {"prompt_tokens": 1}}, "usage": {"prompt_tokens": 2}, "usage": null}'
+    assert usage.from_body(body) == (2, 0)
+
+
 STREAM = (
     b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
     b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}\n\n'

@@ -71,6 +71,10 @@ _UNFAITHFUL = re.compile(rb"-\d{19}|\d{20}|[eE][+-]?\d{3}")
 """Integers that may lie beyond 64 bits (20 digits, or 19 after a minus: orjson reads those as
 floats, so two different ones would read alike) and exponents of three digits (beyond a
 double's range: orjson refuses them, Python's parser reads them as infinity)."""
+_CLASSES = bytes.maketrans(b"123456789E-", b"000000000e+")
+"""Every digit to `0`, `E` to `e`, `-` to `+`: `_UNFAITHFUL` can match only where the bytes
+so translated hold one of `_SUSPECTS`, which C finds at a fraction of the regex's cost."""
+_SUSPECTS = (b"0" * 19, b"e000", b"e+000")
 
 
 class Variants:
@@ -94,7 +98,11 @@ class Variants:
 def faithful(body: bytes) -> bool:
     """Does the parsed body say exactly what its bytes say? Not when it holds a number beyond
     what orjson reads exactly (`_UNFAITHFUL`; a digit run inside a string counts too, which
-    only costs that request the cache)."""
+    only costs that request the cache). Runs on every cacheable request, a hit included: the
+    regex (some 20 ns a byte) only reads a body that the translated bytes cannot clear."""
+    classes = body.translate(_CLASSES)
+    if not any(suspect in classes for suspect in _SUSPECTS):
+        return True
     return _UNFAITHFUL.search(body) is None
 
 

@@ -43,9 +43,11 @@ HOP_BY_HOP = frozenset(
 )
 # aiohttp decompresses bodies, so the encoding and length it received no longer describe them;
 # uvicorn writes its own `date`, and an answer with two (FACTS.md) confuses caches; the proxy
-# says `x-sluice-cache` itself (an upstream that is another Sluice must not say it for it).
+# says `x-sluice-cache` and `x-sluice-batch` itself (an upstream that is another Sluice must not
+# say them for it: its batch id would be logged and handed on as this proxy's).
 RESPONSE_DROPPED = frozenset(
-    h.encode() for h in HOP_BY_HOP | {"content-encoding", "date", "x-sluice-cache"}
+    h.encode()
+    for h in HOP_BY_HOP | {"content-encoding", "date", "x-sluice-cache", "x-sluice-batch"}
 )
 
 
@@ -83,7 +85,7 @@ class Call:
             self.response.release()
             self._finished()
         if self.status == 200:
-            record_tokens(self.kind, usage.from_body(body))
+            usage.count(metrics.llm_tokens, self.kind, usage.from_body(body))
         return body
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -103,7 +105,7 @@ class Call:
         finally:
             self.response.release()
             self._finished()
-            record_tokens(self.kind, scanner.usage)
+            usage.count(metrics.llm_tokens, self.kind, scanner.usage)
 
     def _finished(self) -> None:
         metrics.llm_duration.labels(self.kind).observe(time.perf_counter() - self.started)
@@ -216,13 +218,3 @@ class Upstream:
     def __repr__(self) -> str:
         urls = ",".join(e.label for e in self.endpoints.endpoints)
         return f"<Upstream {urls} {self.sessions!r}>"
-
-
-def record_tokens(kind: str, counts: usage.Usage | None) -> None:
-    if counts is None:
-        return
-    prompt, completion = counts
-    if prompt:
-        metrics.llm_tokens.labels(kind, "prompt").inc(prompt)
-    if completion:
-        metrics.llm_tokens.labels(kind, "completion").inc(completion)

@@ -52,6 +52,14 @@ class Gathered:
     """The id of a merged upstream call that brought some of the vectors (`x-sluice-batch`)."""
     shared: bool = False
 
+    def result(self, read: bool) -> bytes:
+        """What the answer's `x-sluice-cache` says of how its vectors were found."""
+        if not read:
+            return b"bypass"
+        if self.fetched:
+            return b"miss"
+        return b"shared" if self.shared else b"hit"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Fetched:
@@ -240,15 +248,7 @@ class EmbeddingCache:
         model = orjson.dumps(gathered.model or cachekeys.model_of(payload))
         usage = b'{"prompt_tokens":%d,"total_tokens":%d}' % (gathered.tokens, gathered.tokens)
         body = b'{"object":"list","data":[%b],"model":%b,"usage":%b}' % (data, model, usage)
-        result = (
-            b"bypass"
-            if not read
-            else b"miss"
-            if gathered.fetched
-            else b"shared"
-            if gathered.shared
-            else b"hit"
-        )
+        result = gathered.result(read)
         if result == b"hit":
             self._saved.inc()
         headers = [responses.JSON_TYPE, (responses.HEADER, result)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import prometheus_client
+
 from sluice.proxy import metrics
 from sluice.proxy.http import sse
 
@@ -23,15 +25,26 @@ _USAGE_SPAN = 1024
 
 def from_body(body: bytes) -> Usage | None:
     """The last non-null `usage` object in a JSON body (OpenAI puts the top-level one last)."""
-    start = -1
-    for found in _USAGE.finditer(body):
-        start = found.end()
+    start = _last_usage(body)
     if start < 0:
         return None
     fields = body[start : start + _USAGE_SPAN]
     prompt = _PROMPT.search(fields)
     completion = _COMPLETION.search(fields)
     return (int(prompt.group(1)) if prompt else 0, int(completion.group(1)) if completion else 0)
+
+
+def _last_usage(body: bytes) -> int:
+    """Where the last `"usage": {` ends, -1 for none: looked for from the end, so the vectors
+    and choices before it are skipped by `rfind` (C) rather than read by the regex (matches
+    cannot overlap, so the last to start is the last `finditer` would give)."""
+    at = body.rfind(b'"usage"')
+    while at >= 0:
+        found = _USAGE.match(body, at)
+        if found is not None:
+            return found.end()
+        at = body.rfind(b'"usage"', 0, at)
+    return -1
 
 
 class StreamScanner:
@@ -55,13 +68,19 @@ class StreamScanner:
                 self.usage = from_body(line) or self.usage
 
 
-def saved(endpoint: str, body: bytes) -> None:
-    """Count the tokens of an answer served without an upstream call (a hit, a shared call)."""
-    counts = from_body(body)
+def count(
+    counter: prometheus_client.Counter | metrics.LoopCounter, endpoint: str, counts: Usage | None
+) -> None:
+    """Add `counts` to `counter`'s prompt and completion series of `endpoint`."""
     if counts is None:
         return
     prompt, completion = counts
     if prompt:
-        metrics.llm_tokens_saved.labels(endpoint, "prompt").inc(prompt)
+        counter.labels(endpoint, "prompt").inc(prompt)
     if completion:
-        metrics.llm_tokens_saved.labels(endpoint, "completion").inc(completion)
+        counter.labels(endpoint, "completion").inc(completion)
+
+
+def saved(endpoint: str, body: bytes) -> None:
+    """Count the tokens of an answer served without an upstream call (a hit, a shared call)."""
+    count(metrics.llm_tokens_saved, endpoint, from_body(body))
