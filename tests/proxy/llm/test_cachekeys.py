@@ -110,6 +110,10 @@ def test_n_true_is_not_a_single_deterministic_answer() -> None:
         pytest.param(b'{"temperature": 1e400}', False, id="beyond-a-double"),
         pytest.param(b'{"temperature": 1e-05}', True, id="small-exponent"),
         pytest.param(b'{"temperature": 0.25}', True, id="plain"),
+        pytest.param(b'{"a":[1,18446744073709551616]}', False, id="in-a-list-no-spaces"),
+        pytest.param(b'{"q": "model E300"}', True, id="exponent-like-inside-a-string"),
+        pytest.param(b'{"image": "data:;base64,QUE1233E1234567890123456789"}', True, id="base64"),
+        pytest.param(b'{"q": "a: 1e400, b"}', False, id="a-value-spelt-inside-a-string"),
     ],
 )
 def test_a_body_with_a_number_orjson_cannot_read_exactly_is_not_faithful(

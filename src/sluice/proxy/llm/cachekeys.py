@@ -67,10 +67,13 @@ VARYING_HEADERS = frozenset(
 """Request headers that select the upstream's behaviour or who it bills: requests that differ
 in one (or in the query string, Azure's `api-version`) never share an entry, a flight or a
 merged call. `llm.varyHeaders` adds to them."""
-_UNFAITHFUL = re.compile(rb"-\d{19}|\d{20}|[eE][+-]?\d{3}")
-"""Integers that may lie beyond 64 bits (20 digits, or 19 after a minus: orjson reads those as
-floats, so two different ones would read alike) and exponents of three digits (beyond a
-double's range: orjson refuses them, Python's parser reads them as infinity)."""
+_UNFAITHFUL = re.compile(rb"[\[:,]\s*(?:-\d{19}|\d{20}|-?\d+(?:\.\d+)?[eE][+-]?\d{3})")
+"""Number tokens (where JSON puts a value: after `:`, `[` or `,`) that are integers which may lie
+beyond 64 bits (20 digits, or 19 after a minus: orjson reads those as floats, so two different
+ones would read alike) or have exponents of three digits (which may lie beyond a double's
+range: orjson refuses them, Python's parser reads them as infinity). Anchored at a value's
+start so that digits and `E300`s inside strings (base64 images, product names) do not count;
+a string that itself holds `: 1e400` still does, which only costs that request the cache."""
 _CLASSES = bytes.maketrans(b"123456789E-", b"000000000e+")
 """Every digit to `0`, `E` to `e`, `-` to `+`: `_UNFAITHFUL` can match only where the bytes
 so translated hold one of `_SUSPECTS`, which C finds at a fraction of the regex's cost."""
@@ -97,9 +100,8 @@ class Variants:
 
 def faithful(body: bytes) -> bool:
     """Does the parsed body say exactly what its bytes say? Not when it holds a number beyond
-    what orjson reads exactly (`_UNFAITHFUL`; a digit run inside a string counts too, which
-    only costs that request the cache). Runs on every cacheable request, a hit included: the
-    regex (some 20 ns a byte) only reads a body that the translated bytes cannot clear."""
+    what orjson reads exactly (`_UNFAITHFUL`). Runs on every cacheable request, a hit included:
+    the regex (some 20 ns a byte) only reads a body that the translated bytes cannot clear."""
     classes = body.translate(_CLASSES)
     if not any(suspect in classes for suspect in _SUSPECTS):
         return True
