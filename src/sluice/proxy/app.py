@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sluice.api import CacheConfig, PoolSettings, ProxyConfig
+from sluice.api import CacheConfig, LLMConfig, MCPConfig, PoolSettings, ProxyConfig
 from sluice.proxy import admin, logs, metrics, sampler
 from sluice.proxy.cache import backends, store
 from sluice.proxy.http import errors, paths, tracing
@@ -83,42 +83,48 @@ class ProxyApp:
         self.llm: routes.LLMRoutes | None = None
         self.cache: store.Cache | None = None
         if config.llm is not None:
-            key_env = config.llm.upstream.api_key_env
-            api_key = environ.get(key_env) if key_env else None
-            self.upstream = client.Upstream(config.llm.upstream, config.llm.pool, api_key)
-            if config.llm.cache.mode != "off":
-                self.cache = backends.build(config.llm.cache, environ)
-            jobs = jobstore.build(config.llm, environ)
-            self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache, jobs)
-            self.routes |= {
-                ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
-                ("POST", "/v1/completions"): ("completions", self.llm.completions),
-                ("POST", "/v1/embeddings"): ("embeddings", self.llm.embeddings),
-                ("GET", "/v1/models"): ("models", self.llm.passthrough),
-            }
-
-        pools = [self.upstream.sessions] if self.upstream is not None else []
+            self.mount_llm(config.llm, environ)
         self.gateway: gateway.Gateway | None = None
         self.tool_cache: store.Cache | None = None
         if config.mcp is not None:
-            pool = sessions.SessionPool(
-                "mcp", PoolSettings(), connect_timeout=5.0, read_timeout=None
-            )
-            pools.append(pool)
-            self.tool_cache = backends.build(config.mcp.cache, environ)
-            self.gateway = gateway.Gateway(config.mcp, self.tool_cache, pool, environ)
-            mcp = transport.MCPRoutes(config.mcp, self.gateway)
-            self.routes |= {
-                ("POST", transport.PATH): ("mcp", mcp.post),
-                ("GET", transport.PATH): ("mcp", mcp.get),
-                ("DELETE", transport.PATH): ("mcp", mcp.delete),
-            }
+            self.mount_mcp(config.mcp, environ)
+        pools: list[sessions.SessionPool] = [self.upstream.sessions] if self.upstream else []
+        if self.gateway is not None:
+            pools.append(self.gateway.pool)
         self.sampler = sampler.Sampler(pools)
         token = admin.token(config.admin, environ)
         cache_config = config.llm.cache if config.llm else CacheConfig()
         admin_app = admin.AdminApp(self.cache, cache_config, token, self.gateway)
         admin_host = admin.host(config.admin, config.listen.host, environ)
         self.admin = admin.AdminService(admin_app, admin_host, config.admin.port)
+
+    def mount_llm(self, config: LLMConfig, environ: Mapping[str, str]) -> None:
+        """The `llm` section: its upstream client, response cache, job store and routes."""
+        key_env = config.upstream.api_key_env
+        api_key = environ.get(key_env) if key_env else None
+        self.upstream = client.Upstream(config.upstream, config.pool, api_key)
+        if config.cache.mode != "off":
+            self.cache = backends.build(config.cache, environ)
+        jobs = jobstore.build(config, environ)
+        self.llm = routes.LLMRoutes(config, self.upstream, self.cache, jobs)
+        self.routes |= {
+            ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
+            ("POST", "/v1/completions"): ("completions", self.llm.completions),
+            ("POST", "/v1/embeddings"): ("embeddings", self.llm.embeddings),
+            ("GET", "/v1/models"): ("models", self.llm.passthrough),
+        }
+
+    def mount_mcp(self, config: MCPConfig, environ: Mapping[str, str]) -> None:
+        """The `mcp` section: the gateway, its session pool and tool cache, and its routes."""
+        pool = sessions.SessionPool("mcp", PoolSettings(), connect_timeout=5.0, read_timeout=None)
+        self.tool_cache = backends.build(config.cache, environ)
+        self.gateway = gateway.Gateway(config, self.tool_cache, pool, environ)
+        mcp = transport.MCPRoutes(config, self.gateway)
+        self.routes |= {
+            ("POST", transport.PATH): ("mcp", mcp.post),
+            ("GET", transport.PATH): ("mcp", mcp.get),
+            ("DELETE", transport.PATH): ("mcp", mcp.delete),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
