@@ -69,9 +69,8 @@ class ProxyApp:
         self.access_log = access_log
         self.state = State.STARTING
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.in_flight = 0
         self._idle = asyncio.Event()
-        self._requests: set[asyncio.Task[Any]] = set()
+        self._requests: set[asyncio.Task[Any]] = set()  # in flight, for `cut()` to cancel
         self.cutting = False
         self.upstream: client.Upstream | None = None
         self._accounts: dict[tuple[str, str, int], Accounts] = {}
@@ -137,10 +136,9 @@ class ProxyApp:
         method = scope["method"]
         route, handler = self.resolve(method, scope["path"])
         request_id = tracing.adopt(scope["headers"])
-        self.in_flight += 1
         task = asyncio.current_task()
-        if task is not None:
-            self._requests.add(task)
+        assert task is not None  # uvicorn runs each request in a task of its own
+        self._requests.add(task)
         status, replying = 500, False
         reply: Reply | None = None
         try:
@@ -149,7 +147,7 @@ class ProxyApp:
             reply.headers = tracing.with_request_id(reply.headers, request_id)
             await send_reply(send, reply, receive, chunked=scope["http_version"] != "1.0")
         except asyncio.CancelledError:
-            if not self.cutting or task is None:
+            if not self.cutting:
                 raise
             task.uncancel()  # cut by `cut()`: answered here, as far as it still can be
             if not replying:
@@ -160,10 +158,8 @@ class ProxyApp:
         except Exception:
             log.exception("request to %s failed after its answer began", route)
         finally:
-            if task is not None:
-                self._requests.discard(task)
-            self.in_flight -= 1
-            if not self.in_flight:
+            self._requests.discard(task)
+            if not self._requests:
                 self._idle.set()
             method = method if method in METHODS else "OTHER"
             counted, timed = self.accounts(route, method, status)
@@ -228,6 +224,11 @@ class ProxyApp:
             # A bug, or an answer the proxy cannot read: still an OpenAI-shaped error.
             log.exception("request to %s failed", route)
             return error_reply(errors.internal())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now (drain waits for none, `/metrics` reads it)."""
+        return len(self._requests)
 
     def resolve(self, method: str, path: str) -> tuple[str, Handler]:
         found = self.routes.get((method, path))
