@@ -153,7 +153,8 @@ class GuardedProtocol(HttpToolsProtocol):
             STATUS_LINE[status],
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
+            *(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in error.headers.items()),
+            b"\r\n",
         ]
         return b"".join(head) + body
 
