@@ -185,15 +185,9 @@ class ProxyApp:
             elif key == dispatching.BATCH_HEADER:
                 batch = value.decode("latin-1")
         assert self.access_log is not None
-        self.access_log.add({
-            "request_id": request_id.decode("latin-1"),
-            "route": route,
-            "method": method,
-            "status": status,
-            "duration_seconds": round(duration, 6),
-            "cache": cache,
-            "batch": batch,
-        })  # fmt: skip
+        self.access_log.add(
+            request_id.decode("latin-1"), route, method, status, duration, cache, batch
+        )
 
     def accounts(self, route: str, method: str, status: int) -> Accounts:
         """The request counter and timer of one route, method and status, bound once: `.labels()`
