@@ -21,6 +21,7 @@ import openai
 import orjson
 import pytest
 
+from sluice.proxy.http import guard
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 from tests.support.simulator import Simulator, embedding_vector
 
@@ -515,6 +516,30 @@ def test_headers_beyond_the_bound_get_431_and_a_closed_connection(
         assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
     assert simulator.calls == []
     assert raw_get(guarded, "/v1/models").startswith(b"HTTP/1.1 200")
+
+
+def test_a_refused_connection_is_closed_though_its_caller_keeps_it_open(
+    guarded: ProxyProcess,
+) -> None:
+    # A head too large that arrives in one read, with a (empty) body: refused as the head ends,
+    # before the parser reaches the message's end, which must not call off the linger's close.
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 5000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        conn.sendall(head)
+        assert read_all(conn).startswith(b"HTTP/1.1 431")  # and the proxy's end of sending
+        time.sleep(guard.LINGER_SECONDS + 1)  # the caller neither sends nor closes
+        assert closed_by_peer(conn)
+
+
+def closed_by_peer(conn: socket.socket) -> bool:
+    """Has the other end closed the connection (what is sent then gets a reset, then EPIPE)?"""
+    try:
+        for _ in range(5):
+            conn.sendall(b"x")
+            time.sleep(0.1)
+    except ConnectionError:
+        return True
+    return False
 
 
 def test_a_keep_alive_connection_serves_requests_that_arrive_in_time(

@@ -103,9 +103,10 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return  # refused earlier in this read: the timer is the linger's close, kept
         self._disarm()
-        if not self._refused:
-            super().on_message_complete()
+        super().on_message_complete()
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
