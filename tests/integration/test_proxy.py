@@ -531,6 +531,20 @@ def test_a_refused_connection_is_closed_though_its_caller_keeps_it_open(
         assert closed_by_peer(conn)
 
 
+def test_a_keep_alive_connections_next_request_that_dawdles_is_answered_408_too(
+    guarded: ProxyProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n0\r\n\r\n"):  # the first answer, whole
+            answer += conn.recv(65536)
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\n")  # the next head, never finished
+        answer = read_all(conn)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b'"code":"request_timeout"' in answer
+
+
 def closed_by_peer(conn: socket.socket) -> bool:
     """Has the other end closed the connection (what is sent then gets a reset, then EPIPE)?"""
     try:

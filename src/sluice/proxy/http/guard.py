@@ -128,7 +128,9 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self._disarm()
-        cycle = self.cycle
+        # The request's cycle; uvicorn keeps a keep-alive connection's last one, answered, until
+        # the next head ends: that is not this request's.
+        cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
         if cycle is None or not cycle.response_started:
             self.transport.write(self._refusal(status, what))
         log.debug("refused a request (%d): its %s were too slow or too large", status, what)
