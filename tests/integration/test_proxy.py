@@ -616,18 +616,19 @@ async def test_requests_still_in_flight_when_the_grace_runs_out_get_an_openai_sh
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "too slow"}]}
     async with aiohttp.ClientSession() as session:
 
-        async def ask() -> tuple[int, dict[str, Any]]:
+        async def ask() -> tuple[int, dict[str, Any], str | None]:
             async with session.post(proxy.url + "/chat/completions", json=body) as answer:
-                return answer.status, await answer.json()
+                return answer.status, await answer.json(), answer.headers.get("x-request-id")
 
         in_flight = [asyncio.create_task(ask()) for _ in range(3)]
         await asyncio.sleep(0.5)
         proxy.signal(signal.SIGTERM)
         answers = await asyncio.gather(*in_flight)
-    for status, payload in answers:
+    for status, payload, request_id in answers:
         assert status == 503
         assert payload["error"]["code"] == "shutting_down"
         assert set(payload["error"]) == {"message", "type", "param", "code"}
+        assert request_id  # a cut answer is an answer: it names its request like any other
     assert await asyncio.to_thread(proxy.wait, 15) in (0, -signal.SIGTERM)
     assert all(call.hung_up_at is not None for call in simulator.calls)  # upstream calls closed
     assert "Traceback" not in proxy.log()

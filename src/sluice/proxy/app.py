@@ -151,8 +151,9 @@ class ProxyApp:
                 raise
             task.uncancel()  # cut by `cut()`: answered here, as far as it still can be
             if not replying:
-                status = 503
-                await send_reply(send, error_reply(errors.shutting_down()))
+                reply = error_reply(errors.shutting_down())
+                status, reply.headers = 503, tracing.with_request_id(reply.headers, request_id)
+                await send_reply(send, reply)
         except errors.ProxyError:
             pass  # an upstream stream broke off mid-answer: logged where it broke
         except Exception:
