@@ -1,5 +1,5 @@
-"""What the integration tests' real peers (`redis-server`, `prometheus`, ...) share: finding
-their binary, and waiting for a process just started to answer.
+"""What the integration tests' real peers (`redis-server`, `prometheus`, the proxy) share: finding
+their binary, waiting for a process just started to answer, and stopping it.
 
 Where a binary is missing the tests that need it are skipped with a message, except in CI (`CI`
 set), where that is a broken install step and fails them (`hack/setup.sh --tests` installs all).
@@ -43,3 +43,15 @@ def wait_started(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start:\n{log()}")
         time.sleep(interval)
+
+
+def stop(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL after `timeout`, unless the process is gone already."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -80,12 +80,7 @@ class RedisServer:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        processes.stop(self.process)
 
     def command(self, *args: str) -> bytes:
         """Send one command (inline protocol) and return its whole reply, raw."""
