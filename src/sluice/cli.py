@@ -30,16 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_proxy(commands.add_parser("proxy", help="run the caching, batching proxy"))
+    add_operator(commands.add_parser("operator", help="run the Kubernetes operator"))
+    add_crds(commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML"))
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=run_version)
+    return parser
 
-    proxy = commands.add_parser("proxy", help="run the caching, batching proxy")
+
+def add_proxy(proxy: argparse.ArgumentParser) -> None:
     proxy.add_argument("--config", type=pathlib.Path, help="YAML config file (see README)")
     proxy.add_argument("--upstream", help="OpenAI-compatible base URL; overrides llm.upstream.url")
     proxy.add_argument("--host", help="address to bind; overrides listen.host")
     proxy.add_argument("--port", type=int, help="port to serve on; overrides listen.port (8080)")
-    proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    proxy.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     proxy.add_argument(
         "--log-format",
         default=os.environ.get("SLUICE_LOG_FORMAT", "text"),
@@ -54,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proxy.set_defaults(run=run_proxy)
 
-    operator = commands.add_parser("operator", help="run the Kubernetes operator")
+
+def add_operator(operator: argparse.ArgumentParser) -> None:
     operator.add_argument(
         "--namespace",
         action="append",
@@ -80,12 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often referenced Secrets are re-read, to roll the pods on rotation (default 30)",
     )
-    operator.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    operator.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     operator.set_defaults(run=run_operator)
 
-    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
+
+def add_crds(crds: argparse.ArgumentParser) -> None:
     crds.add_argument(
         "--write",
         type=pathlib.Path,
@@ -94,10 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one file per CRD into DIR (repeat for the chart's copy)",
     )
     crds.set_defaults(run=run_crds)
-
-    version = commands.add_parser("version", help="print the version")
-    version.set_defaults(run=run_version)
-    return parser
 
 
 def proxy_config(args: argparse.Namespace) -> api.ProxyConfig:

@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.support import controlplane as cp
 from tests.support import operator as op
+from tests.support import processes
 from tests.support.controlplane import binaries
 from tests.support.prometheus import PrometheusServer, Target, binary
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
@@ -199,7 +200,9 @@ def scenario(
     binary("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     simulator_thread.sim.reset()
-    redis = RedisServer(binary("redis-server"), workdir, free_port()).start()
+    redis = RedisServer(
+        processes.binary("redis-server", "redis-server"), workdir, free_port()
+    ).start()
     tools, (alpha,) = start_tool_servers("alpha")
     proxies = ProxyFactory(workdir)
     controlplane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))

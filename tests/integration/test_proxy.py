@@ -21,6 +21,7 @@ import openai
 import orjson
 import pytest
 
+from sluice.proxy.http import guard
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 from tests.support.simulator import Simulator, embedding_vector
 
@@ -517,6 +518,44 @@ def test_headers_beyond_the_bound_get_431_and_a_closed_connection(
     assert raw_get(guarded, "/v1/models").startswith(b"HTTP/1.1 200")
 
 
+def test_a_refused_connection_is_closed_though_its_caller_keeps_it_open(
+    guarded: ProxyProcess,
+) -> None:
+    # A head too large that arrives in one read, with a (empty) body: refused as the head ends,
+    # before the parser reaches the message's end, which must not call off the linger's close.
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 5000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        conn.sendall(head)
+        assert read_all(conn).startswith(b"HTTP/1.1 431")  # and the proxy's end of sending
+        time.sleep(guard.LINGER_SECONDS + 1)  # the caller neither sends nor closes
+        assert closed_by_peer(conn)
+
+
+def test_a_keep_alive_connections_next_request_that_dawdles_is_answered_408_too(
+    guarded: ProxyProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as conn:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n0\r\n\r\n"):  # the first answer, whole
+            answer += conn.recv(65536)
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\n")  # the next head, never finished
+        answer = read_all(conn)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b'"code":"request_timeout"' in answer
+
+
+def closed_by_peer(conn: socket.socket) -> bool:
+    """Has the other end closed the connection (what is sent then gets a reset, then EPIPE)?"""
+    try:
+        for _ in range(5):
+            conn.sendall(b"x")
+            time.sleep(0.1)
+    except ConnectionError:
+        return True
+    return False
+
+
 def test_a_keep_alive_connection_serves_requests_that_arrive_in_time(
     guarded: ProxyProcess, simulator: Simulator
 ) -> None:
@@ -577,18 +616,19 @@ async def test_requests_still_in_flight_when_the_grace_runs_out_get_an_openai_sh
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "too slow"}]}
     async with aiohttp.ClientSession() as session:
 
-        async def ask() -> tuple[int, dict[str, Any]]:
+        async def ask() -> tuple[int, dict[str, Any], str | None]:
             async with session.post(proxy.url + "/chat/completions", json=body) as answer:
-                return answer.status, await answer.json()
+                return answer.status, await answer.json(), answer.headers.get("x-request-id")
 
         in_flight = [asyncio.create_task(ask()) for _ in range(3)]
         await asyncio.sleep(0.5)
         proxy.signal(signal.SIGTERM)
         answers = await asyncio.gather(*in_flight)
-    for status, payload in answers:
+    for status, payload, request_id in answers:
         assert status == 503
         assert payload["error"]["code"] == "shutting_down"
         assert set(payload["error"]) == {"message", "type", "param", "code"}
+        assert request_id  # a cut answer is an answer: it names its request like any other
     assert await asyncio.to_thread(proxy.wait, 15) in (0, -signal.SIGTERM)
     assert all(call.hung_up_at is not None for call in simulator.calls)  # upstream calls closed
     assert "Traceback" not in proxy.log()

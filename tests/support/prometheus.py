@@ -7,18 +7,15 @@ server and waits for it. `.query()` runs instant
 queries through the HTTP API; `.wait_scraped()` waits until every target was scraped after a
 moment, so the traffic before it is in the TSDB.
 
-Where `prometheus` or `promtool` is missing the tests that need them are skipped with a message,
-except in CI (`CI` set), where that is a broken install step and fails them (Debian package
-`prometheus`, installed by `hack/setup.sh --tests`).
+Where `prometheus` or `promtool` is missing the tests that need them are skipped (`binary`: failed
+in CI).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -27,9 +24,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.support import processes
 from tests.support.proxy import free_port
 
 SCRAPE_INTERVAL = "1s"
@@ -38,14 +35,8 @@ SCRAPE_TIMEOUT_SECONDS = 30.0
 
 
 def binary(name: str) -> str:
-    """The path of `prometheus` or `promtool`; skips (fails in CI) when it is not installed."""
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is not installed (Debian: apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    """The path of `prometheus` or `promtool` (Debian package `prometheus`)."""
+    return processes.binary(name, "prometheus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +90,14 @@ class PrometheusServer:
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start:\n{self.log()}")
-            time.sleep(0.1)
+        processes.wait_started(
+            "prometheus",
+            self.process,
+            self.ready,
+            self.log,
+            timeout=START_TIMEOUT_SECONDS,
+            interval=0.1,
+        )
         return self
 
     def ready(self) -> bool:
@@ -163,13 +157,7 @@ class PrometheusServer:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

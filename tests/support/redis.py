@@ -11,17 +11,15 @@ Where `redis-server` is missing the tests that need it are skipped with a messag
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import pytest
 
+from tests.support import processes
 from tests.support.proxy import free_port
 
 START_TIMEOUT_SECONDS = 10.0
@@ -65,11 +63,14 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(self.arguments(), stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self.ping():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.log()}")
-            time.sleep(0.02)
+        processes.wait_started(
+            "redis-server",
+            self.process,
+            self.ping,
+            self.log,
+            timeout=START_TIMEOUT_SECONDS,
+            interval=0.02,
+        )
         return self
 
     def kill(self) -> None:
@@ -79,12 +80,7 @@ class RedisServer:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        processes.stop(self.process)
 
     def command(self, *args: str) -> bytes:
         """Send one command (inline protocol) and return its whole reply, raw."""
@@ -126,12 +122,7 @@ def read_reply(replies: BinaryIO) -> bytes:
 @pytest.fixture
 def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
     """A fresh, empty `redis-server` for one test."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (Debian: apt-get install -y redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = processes.binary("redis-server", "redis-server")
     server = RedisServer(binary, tmp_path, free_port()).start()
     yield server
     server.stop()

@@ -15,9 +15,7 @@ Missing binaries fail under CI and skip elsewhere, as for `tests.support.redis`.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,21 +23,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.controlplane import free_ports
+from tests.support.processes import binary
 from tests.support.proxy import free_port
 from tests.support.redis import RedisServer
 
 READY_TIMEOUT_SECONDS = 90.0  # Sentinels meet by hello messages every 2 s: slow under load
 MASTER = "sluice"
-
-
-def binary(name: str, package: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is not installed (Debian: apt-get install -y {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = READY_TIMEOUT_SECONDS) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sluice.api import CacheConfig, PoolSettings, ProxyConfig
+from sluice.api import CacheConfig, LLMConfig, MCPConfig, PoolSettings, ProxyConfig
 from sluice.proxy import admin, logs, metrics, sampler
 from sluice.proxy.cache import backends, store
 from sluice.proxy.http import errors, paths, tracing
@@ -69,9 +69,8 @@ class ProxyApp:
         self.access_log = access_log
         self.state = State.STARTING
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.in_flight = 0
         self._idle = asyncio.Event()
-        self._requests: set[asyncio.Task[Any]] = set()
+        self._requests: set[asyncio.Task[Any]] = set()  # in flight, for `cut()` to cancel
         self.cutting = False
         self.upstream: client.Upstream | None = None
         self._accounts: dict[tuple[str, str, int], Accounts] = {}
@@ -83,42 +82,48 @@ class ProxyApp:
         self.llm: routes.LLMRoutes | None = None
         self.cache: store.Cache | None = None
         if config.llm is not None:
-            key_env = config.llm.upstream.api_key_env
-            api_key = environ.get(key_env) if key_env else None
-            self.upstream = client.Upstream(config.llm.upstream, config.llm.pool, api_key)
-            if config.llm.cache.mode != "off":
-                self.cache = backends.build(config.llm.cache, environ)
-            jobs = jobstore.build(config.llm, environ)
-            self.llm = routes.LLMRoutes(config.llm, self.upstream, self.cache, jobs)
-            self.routes |= {
-                ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
-                ("POST", "/v1/completions"): ("completions", self.llm.completions),
-                ("POST", "/v1/embeddings"): ("embeddings", self.llm.embeddings),
-                ("GET", "/v1/models"): ("models", self.llm.passthrough),
-            }
-
-        pools = [self.upstream.sessions] if self.upstream is not None else []
+            self.mount_llm(config.llm, environ)
         self.gateway: gateway.Gateway | None = None
         self.tool_cache: store.Cache | None = None
         if config.mcp is not None:
-            pool = sessions.SessionPool(
-                "mcp", PoolSettings(), connect_timeout=5.0, read_timeout=None
-            )
-            pools.append(pool)
-            self.tool_cache = backends.build(config.mcp.cache, environ)
-            self.gateway = gateway.Gateway(config.mcp, self.tool_cache, pool, environ)
-            mcp = transport.MCPRoutes(config.mcp, self.gateway)
-            self.routes |= {
-                ("POST", transport.PATH): ("mcp", mcp.post),
-                ("GET", transport.PATH): ("mcp", mcp.get),
-                ("DELETE", transport.PATH): ("mcp", mcp.delete),
-            }
+            self.mount_mcp(config.mcp, environ)
+        pools: list[sessions.SessionPool] = [self.upstream.sessions] if self.upstream else []
+        if self.gateway is not None:
+            pools.append(self.gateway.pool)
         self.sampler = sampler.Sampler(pools)
         token = admin.token(config.admin, environ)
         cache_config = config.llm.cache if config.llm else CacheConfig()
         admin_app = admin.AdminApp(self.cache, cache_config, token, self.gateway)
         admin_host = admin.host(config.admin, config.listen.host, environ)
         self.admin = admin.AdminService(admin_app, admin_host, config.admin.port)
+
+    def mount_llm(self, config: LLMConfig, environ: Mapping[str, str]) -> None:
+        """The `llm` section: its upstream client, response cache, job store and routes."""
+        key_env = config.upstream.api_key_env
+        api_key = environ.get(key_env) if key_env else None
+        self.upstream = client.Upstream(config.upstream, config.pool, api_key)
+        if config.cache.mode != "off":
+            self.cache = backends.build(config.cache, environ)
+        jobs = jobstore.build(config, environ)
+        self.llm = routes.LLMRoutes(config, self.upstream, self.cache, jobs)
+        self.routes |= {
+            ("POST", "/v1/chat/completions"): ("chat_completions", self.llm.chat_completions),
+            ("POST", "/v1/completions"): ("completions", self.llm.completions),
+            ("POST", "/v1/embeddings"): ("embeddings", self.llm.embeddings),
+            ("GET", "/v1/models"): ("models", self.llm.passthrough),
+        }
+
+    def mount_mcp(self, config: MCPConfig, environ: Mapping[str, str]) -> None:
+        """The `mcp` section: the gateway, its session pool and tool cache, and its routes."""
+        pool = sessions.SessionPool("mcp", PoolSettings(), connect_timeout=5.0, read_timeout=None)
+        self.tool_cache = backends.build(config.cache, environ)
+        self.gateway = gateway.Gateway(config, self.tool_cache, pool, environ)
+        mcp = transport.MCPRoutes(config, self.gateway)
+        self.routes |= {
+            ("POST", transport.PATH): ("mcp", mcp.post),
+            ("GET", transport.PATH): ("mcp", mcp.get),
+            ("DELETE", transport.PATH): ("mcp", mcp.delete),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -131,10 +136,9 @@ class ProxyApp:
         method = scope["method"]
         route, handler = self.resolve(method, scope["path"])
         request_id = tracing.adopt(scope["headers"])
-        self.in_flight += 1
         task = asyncio.current_task()
-        if task is not None:
-            self._requests.add(task)
+        assert task is not None  # uvicorn runs each request in a task of its own
+        self._requests.add(task)
         status, replying = 500, False
         reply: Reply | None = None
         try:
@@ -143,21 +147,20 @@ class ProxyApp:
             reply.headers = tracing.with_request_id(reply.headers, request_id)
             await send_reply(send, reply, receive, chunked=scope["http_version"] != "1.0")
         except asyncio.CancelledError:
-            if not self.cutting or task is None:
+            if not self.cutting:
                 raise
             task.uncancel()  # cut by `cut()`: answered here, as far as it still can be
             if not replying:
-                status = 503
-                await send_reply(send, error_reply(errors.shutting_down()))
+                reply = error_reply(errors.shutting_down())
+                status, reply.headers = 503, tracing.with_request_id(reply.headers, request_id)
+                await send_reply(send, reply)
         except errors.ProxyError:
             pass  # an upstream stream broke off mid-answer: logged where it broke
         except Exception:
             log.exception("request to %s failed after its answer began", route)
         finally:
-            if task is not None:
-                self._requests.discard(task)
-            self.in_flight -= 1
-            if not self.in_flight:
+            self._requests.discard(task)
+            if not self._requests:
                 self._idle.set()
             method = method if method in METHODS else "OTHER"
             counted, timed = self.accounts(route, method, status)
@@ -183,15 +186,9 @@ class ProxyApp:
             elif key == dispatching.BATCH_HEADER:
                 batch = value.decode("latin-1")
         assert self.access_log is not None
-        self.access_log.add({
-            "request_id": request_id.decode("latin-1"),
-            "route": route,
-            "method": method,
-            "status": status,
-            "duration_seconds": round(duration, 6),
-            "cache": cache,
-            "batch": batch,
-        })  # fmt: skip
+        self.access_log.add(
+            request_id.decode("latin-1"), route, method, status, duration, cache, batch
+        )
 
     def accounts(self, route: str, method: str, status: int) -> Accounts:
         """The request counter and timer of one route, method and status, bound once: `.labels()`
@@ -222,6 +219,11 @@ class ProxyApp:
             # A bug, or an answer the proxy cannot read: still an OpenAI-shaped error.
             log.exception("request to %s failed", route)
             return error_reply(errors.internal())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now (drain waits for none, `/metrics` reads it)."""
+        return len(self._requests)
 
     def resolve(self, method: str, path: str) -> tuple[str, Handler]:
         found = self.routes.get((method, path))

@@ -79,17 +79,41 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def add(self, fields: dict[str, Any]) -> None:
-        """One request's line (`fields` as `ProxyApp.http` gathers them)."""
+    def add(
+        self,
+        request_id: str,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        cache: str | None,
+        batch: str | None,
+    ) -> None:
+        """One answered request's line: its fields (`duration` in seconds) spelt out in one
+        literal for each format rather than gathered into a dict and merged (~15% of a line)."""
         now = time.time()
-        millis = fields["duration_seconds"] * 1000
-        message = f"{fields['method']} {fields['route']} {fields['status']} {millis:.1f}ms"
+        duration = round(duration, 6)
+        message = f"{method} {route} {status} {duration * 1000:.1f}ms"
         if self.json:
-            entry = {"time": self.stamp(now), "level": "info", "logger": ACCESS}
-            line = orjson.dumps({**entry, "message": message, **fields}).decode() + "\n"
+            line = orjson.dumps({
+                "time": self.stamp(now),
+                "level": "info",
+                "logger": ACCESS,
+                "message": message,
+                "request_id": request_id,
+                "route": route,
+                "method": method,
+                "status": status,
+                "duration_seconds": duration,
+                "cache": cache,
+                "batch": batch,
+            }).decode() + "\n"  # fmt: skip
         else:
-            extra = " ".join(f"{k}={v if v is not None else '-'}" for k, v in fields.items())
-            line = f"{self.stamp(now)} INFO {ACCESS}: {message} {extra}\n"
+            line = (
+                f"{self.stamp(now)} INFO {ACCESS}: {message} request_id={request_id} "
+                f"route={route} method={method} status={status} duration_seconds={duration} "
+                f"cache={'-' if cache is None else cache} batch={'-' if batch is None else batch}\n"
+            )
         if not self._lines:
             asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
         self._lines.append(line)

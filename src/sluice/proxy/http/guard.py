@@ -103,9 +103,10 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return  # refused earlier in this read: the timer is the linger's close, kept
         self._disarm()
-        if not self._refused:
-            super().on_message_complete()
+        super().on_message_complete()
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
@@ -127,7 +128,9 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self._disarm()
-        cycle = self.cycle
+        # The request's cycle; uvicorn keeps a keep-alive connection's last one, answered, until
+        # the next head ends: that is not this request's.
+        cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
         if cycle is None or not cycle.response_started:
             self.transport.write(self._refusal(status, what))
         log.debug("refused a request (%d): its %s were too slow or too large", status, what)
@@ -153,7 +156,8 @@ class GuardedProtocol(HttpToolsProtocol):
             STATUS_LINE[status],
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
+            *(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in error.headers.items()),
+            b"\r\n",
         ]
         return b"".join(head) + body
 
